@@ -1,0 +1,90 @@
+"""Batched fixed-point solvers for z = f(z), picked by name.
+
+Every solver in :data:`SOLVERS` has the signature
+
+    solver(f, z0, *, tol, max_iter, stop_mode, **options) -> (z_star, SolverStats)
+
+on flat iterates ``z0`` of shape (B, d), and returns the lowest-residual iterate it evaluated.
+:func:`solve` is the public entry point: it checks the arguments, flattens any (B, ...) shape,
+runs the solver without an autograd graph and restores the shape.
+
+>>> import torch, deq
+>>> z, stats = deq.solve(torch.cos, torch.zeros(2, 3), solver="anderson", tol=1e-8, stop_mode="abs")
+>>> round(z[0, 0].item(), 6), bool(stats.converged.all())
+(0.739085, True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+
+from .anderson import anderson
+from .broyden import broyden
+from .picard import picard
+from .stats import STOP_MODES, Function, SolverStats
+
+SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
+    "anderson": anderson,
+    "broyden": broyden,
+    "picard": picard,
+}
+
+__all__ = ["SOLVERS", "STOP_MODES", "SolverStats", "check_solver_args", "solve"]
+
+
+def check_solver_args(solver: str, tol: float, max_iter: int, stop_mode: str, options: dict) -> None:
+    """Raise ``ValueError`` naming the bad value (and the allowed ones) before any work is done."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
+    if stop_mode not in STOP_MODES:
+        raise ValueError(f"unknown stop_mode {stop_mode!r}; choose from {list(STOP_MODES)}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol=}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter=}")
+    allowed = [name for name in inspect.signature(SOLVERS[solver]).parameters if name not in
+               ("f", "z0", "tol", "max_iter", "stop_mode")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for solver {solver!r}; it takes {allowed}")
+
+
+def solve(
+    f: Function,
+    z0: torch.Tensor,
+    solver: str = "broyden",
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    stop_mode: str = "rel",
+    **solver_options,
+) -> tuple[torch.Tensor, SolverStats]:
+    """Find z* = f(z*) for every sample of the batch ``z0`` (B, ...), without an autograd graph.
+
+    Args:
+        f: any callable mapping a tensor of ``z0``'s shape to one of the same shape.
+        z0: starting point; dimension 0 is the batch, the rest is one sample.
+        solver: a name in :data:`SOLVERS`.
+        tol: every sample must reach residual <= tol (in ``stop_mode``) for the solve to stop early.
+        max_iter: at most this many iterates are evaluated.
+        stop_mode: ``'abs'`` for ||f(z) - z||, ``'rel'`` for ||f(z) - z|| / ||f(z)||, per sample.
+        **solver_options: the chosen solver's own settings (e.g. ``m``, ``lam``, ``beta``).
+
+    Returns:
+        ``(z_star, stats)``: the lowest-residual iterate per sample, in ``z0``'s shape, and a
+        :class:`SolverStats` record.
+    """
+    check_solver_args(solver, tol, max_iter, stop_mode, solver_options)
+    shape = z0.shape
+
+    def f_flat(z: torch.Tensor) -> torch.Tensor:
+        return f(z.view(shape)).reshape(shape[0], -1)
+
+    with torch.no_grad():
+        z_star, stats = SOLVERS[solver](
+            f_flat, z0.detach().reshape(shape[0], -1), tol=tol, max_iter=max_iter,
+            stop_mode=stop_mode, **solver_options,
+        )
+    return z_star.view(shape), stats

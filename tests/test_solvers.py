@@ -1,0 +1,180 @@
+"""Fixed-point solvers: correctness on known fixed points, robustness, and argument checking."""
+
+import math
+
+import pytest
+import torch
+
+import deq
+
+SOLVER_NAMES = sorted(deq.SOLVERS)
+DOTTIE = 0.7390851332151607  # the unique real solution of z = cos(z)
+
+
+def linear_problem(radii=(0.2, 0.6, 0.9), shape=(2, 3), seed=0):
+    """f_b(z) = A_b z + c_b per sample, A_b with spectral norm radii[b]; z* from torch.linalg.solve."""
+    g = torch.Generator().manual_seed(seed)
+    d = math.prod(shape)
+    A = torch.randn(len(radii), d, d, generator=g, dtype=torch.float64)
+    A = A / torch.linalg.matrix_norm(A, ord=2)[:, None, None] * torch.tensor(radii, dtype=torch.float64)[:, None, None]
+    c = torch.randn(len(radii), d, generator=g, dtype=torch.float64)
+    z_star = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - A, c)
+
+    def f(z):  # z: (B, *shape)
+        return (torch.bmm(A, z.reshape(len(radii), d, 1)).squeeze(-1) + c).view(z.shape)
+
+    return f, torch.zeros(len(radii), *shape, dtype=torch.float64), z_star.view(len(radii), *shape)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_linear_fixed_point_matches_linalg_solve(solver):
+    # Samples of different difficulty (contraction 0.2 to 0.9) in one batch, with a trailing shape:
+    # every sample must reach the tolerance and agree with the direct solve of (I - A) z = c.
+    f, z0, z_star = linear_problem()
+    z, stats = deq.solve(f, z0, solver=solver, tol=1e-11, max_iter=400, stop_mode="abs")
+    assert z.shape == z0.shape
+    assert bool(stats.converged.all()), stats.summary()
+    assert torch.allclose(z, z_star, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_cosine_fixed_point_is_the_dottie_number(solver):
+    # z = cos(z) has the single real root 0.739085...; starts spread over [-1, 2] must all land there.
+    z0 = torch.linspace(-1, 2, 8, dtype=torch.float64).view(4, 2)
+    z, stats = deq.solve(torch.cos, z0, solver=solver, tol=1e-12, max_iter=200, stop_mode="rel")
+    assert bool(stats.converged.all())
+    assert torch.allclose(z, torch.full_like(z, DOTTIE), rtol=0, atol=1e-10)
+
+
+def test_all_solvers_agree_on_a_nonlinear_map():
+    # Three different algorithms, one fixed point: they must return the same z* (to tolerance).
+    torch.manual_seed(0)
+    W = torch.randn(16, 16, dtype=torch.float64)
+    W = 0.8 * W / torch.linalg.matrix_norm(W, ord=2)
+    x = torch.randn(5, 16, dtype=torch.float64)
+    results = [deq.solve(lambda z: torch.tanh(z @ W + x), torch.zeros_like(x), solver=s, tol=1e-12,
+                         max_iter=300, stop_mode="abs")[0] for s in SOLVER_NAMES]
+    for z in results[1:]:
+        assert torch.allclose(z, results[0], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_stats_record_has_per_sample_traces(solver):
+    # The record is what figures and logs are drawn from: traces (n_iter, B), finals (B,), counts.
+    f, z0, _ = linear_problem()
+    _, stats = deq.solve(f, z0, solver=solver, tol=1e-6, max_iter=50, stop_mode="rel")
+    B = z0.shape[0]
+    assert stats.abs_trace.shape == stats.rel_trace.shape == (stats.n_iter, B)
+    assert stats.abs_residual.shape == stats.rel_residual.shape == stats.converged.shape == (B,)
+    assert stats.converged.dtype == torch.bool
+    assert 1 <= stats.n_iter <= 50 and stats.nfe >= stats.n_iter
+    # The returned iterate is the lowest-residual one seen, per sample.
+    assert torch.equal(stats.rel_residual, stats.rel_trace.min(dim=0).values)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_stops_as_soon_as_every_sample_meets_tol(solver):
+    # Early stop is per batch: the solve ends at the first iterate where all samples are below tol,
+    # so the row before the last must still have a sample above tol.
+    f, z0, _ = linear_problem()
+    _, stats = deq.solve(f, z0, solver=solver, tol=1e-6, max_iter=400, stop_mode="abs")
+    assert stats.n_iter < 400
+    assert bool((stats.abs_trace.cummin(dim=0).values[-1] <= 1e-6).all())
+    assert bool((stats.abs_trace.cummin(dim=0).values[-2] > 1e-6).any())
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_residuals_follow_stop_mode_definitions(solver):
+    # abs = ||f(z) - z|| and rel = abs / ||f(z)||, per sample, for the returned iterate.
+    f, z0, _ = linear_problem()
+    z, stats = deq.solve(f, z0, solver=solver, tol=1e-3, max_iter=5, stop_mode="abs")
+    abs_res = (f(z) - z).flatten(1).norm(dim=1)
+    assert torch.allclose(stats.abs_residual, abs_res)
+    assert torch.allclose(stats.rel_residual, abs_res / f(z).flatten(1).norm(dim=1))
+
+
+def test_broyden_line_search_reaches_tol_and_counts_trial_evaluations():
+    f, z0, z_star = linear_problem()
+    z, stats = deq.solve(f, z0, solver="broyden", tol=1e-11, max_iter=200, stop_mode="abs", line_search=True)
+    assert bool(stats.converged.all())
+    assert torch.allclose(z, z_star, rtol=0, atol=1e-9)
+    assert stats.nfe >= stats.n_iter
+
+
+def test_limited_memory_broyden_still_converges():
+    # Keeping only m=4 low-rank pairs bounds memory; it must still solve a contractive problem.
+    f, z0, z_star = linear_problem()
+    z, stats = deq.solve(f, z0, solver="broyden", tol=1e-10, max_iter=300, stop_mode="abs", m=4)
+    assert bool(stats.converged.all())
+    assert torch.allclose(z, z_star, rtol=0, atol=1e-8)
+
+
+def test_solve_builds_no_graph():
+    # deq.solve is the graph-free forward: even with parameters requiring grad, z* carries no graph.
+    W = torch.randn(4, 4, requires_grad=True)
+    z, _ = deq.solve(lambda z: torch.tanh(0.1 * z @ W), torch.ones(2, 4), solver="broyden")
+    assert not z.requires_grad and z.grad_fn is None
+
+
+# ---- robustness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-4])
+def test_anderson_survives_singular_systems(lam):
+    # f(z) = z + b has no fixed point and makes every residual identical, so G G^T is rank one and,
+    # without a ridge, the mixing system is exactly singular. The official solver raises here; ours
+    # must keep going, return finite values and report non-convergence.
+    b = torch.ones(3, 10)
+    z, stats = deq.solve(lambda z: z + b, torch.zeros(3, 10), solver="anderson", tol=1e-6,
+                         max_iter=20, stop_mode="abs", lam=lam)
+    assert torch.isfinite(z).all()
+    assert not bool(stats.converged.any())
+    assert stats.n_iter == 20
+
+
+def test_anderson_survives_an_ill_conditioned_float32_problem():
+    # Eigenvalues spanning 1e-8 .. 0.99 in float32 make the residual Gram matrix nearly singular.
+    torch.manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(32, 32))
+    A = Q @ torch.diag(torch.logspace(-8, math.log10(0.99), 32)) @ Q.T
+    c = torch.randn(2, 32)
+    z, stats = deq.solve(lambda z: z @ A.T + c, torch.zeros(2, 32), solver="anderson", tol=1e-4,
+                         max_iter=200, stop_mode="rel", m=8, lam=0.0)
+    assert torch.isfinite(z).all()
+    assert bool(stats.converged.all())
+
+
+def test_already_converged_start_returns_immediately():
+    # An exact fixed point as the start: residual 0 on the first evaluation, no solver step needed.
+    for solver in SOLVER_NAMES:
+        z, stats = deq.solve(lambda z: z, torch.ones(2, 3), solver=solver, tol=1e-6)
+        assert stats.n_iter == 1 and torch.equal(z, torch.ones(2, 3))
+
+
+# ---- argument checking ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"solver": "andersen"}, "unknown solver 'andersen'; choose from ['anderson', 'broyden', 'picard']"),
+        ({"stop_mode": "max"}, "unknown stop_mode 'max'; choose from ['abs', 'rel']"),
+        ({"tol": 0.0}, "tol must be > 0, got tol=0.0"),
+        ({"tol": -1e-3}, "tol must be > 0, got tol=-0.001"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1, got max_iter=0"),
+        ({"max_iter": 2.5}, "max_iter must be an integer >= 1, got max_iter=2.5"),
+        ({"solver": "picard", "m": 5}, "unknown option(s) ['m'] for solver 'picard'; it takes ['beta']"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_value(kwargs, message):
+    # A bad setting must fail before any work, naming the bad value and what is allowed.
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return z
+
+    with pytest.raises(ValueError) as err:
+        deq.solve(f, torch.zeros(2, 3), **kwargs)
+    assert str(err.value) == message
+    assert not calls
