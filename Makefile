@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` (the study) and `make test`.
+# PRESET is one of smoke, cpu, paper (config/README.md); CORES is passed to snakemake.
+VENV   ?= .venv
+PYTHON ?= python3
+PRESET ?= cpu
+CORES  ?= 2
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.PHONY: run test bench clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) all --config preset=$(PRESET)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python -m deq.bench solvers --preset $(PRESET)
+
+# The first pip line prefers a torch wheel already provided locally (a site wheelhouse via pip's
+# find-links), so a CPU-only machine does not pull a multi-GB CUDA build; without one, it fails
+# harmlessly and the next line resolves torch normally.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --no-index --no-deps 'torch>=2.2' || true
+	$(VENV)/bin/pip install -e '.[test,bench]'
+	touch $@
+
+# Removes everything the workflow generated; results/README.md and results/reference/ are kept.
+clean:
+	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name reference -exec rm -rf {} +
+	rm -rf .snakemake .pytest_cache
