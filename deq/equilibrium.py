@@ -69,6 +69,10 @@ def equilibrium(
     if backward not in BACKWARDS:
         raise ValueError(f"unknown backward {backward!r}; choose from {list(BACKWARDS)}")
     backward_options = backward_options or {}
+    if backward == "phantom" and not (isinstance(phantom_steps, int) and phantom_steps >= 1):
+        raise ValueError(f"phantom_steps must be an integer >= 1, got {phantom_steps=}")
+    if backward == "phantom" and not 0 < phantom_damping <= 1:
+        raise ValueError(f"phantom_damping must be in (0, 1], got {phantom_damping=}")
     if backward == "implicit":
         check_solver_args(backward_solver, backward_tol, backward_max_iter, stop_mode, backward_options)
     if backward == "unrolled":

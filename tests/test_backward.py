@@ -119,6 +119,10 @@ def test_bad_backward_names_raise():
         deq.equilibrium(torch.cos, torch.zeros(2, 2), backward="ift")
     with pytest.raises(ValueError, match=r"unknown solver 'newton'"):
         deq.equilibrium(torch.cos, torch.zeros(2, 2), backward_solver="newton")
+    with pytest.raises(ValueError, match=r"phantom_damping must be in \(0, 1\], got phantom_damping=1.5"):
+        deq.equilibrium(torch.cos, torch.zeros(2, 2), backward="phantom", phantom_damping=1.5)
+    with pytest.raises(ValueError, match=r"phantom_steps must be an integer >= 1, got phantom_steps=0"):
+        deq.equilibrium(torch.cos, torch.zeros(2, 2), backward="phantom", phantom_steps=0)
 
 
 # ---- activation memory ------------------------------------------------------------------------

@@ -46,8 +46,8 @@ def anderson(
     """
     trace = Trace("anderson", f, z0, tol, stop_mode)
     B, d = z0.shape
-    dX = z0.new_zeros(B, m, d)  # ring buffer of iterate differences x_{i+1} - x_i
-    dG = z0.new_zeros(B, m, d)  # ring buffer of residual differences g_{i+1} - g_i
+    dX = z0.new_empty(B, m, d)  # ring buffer of iterate differences x_{i+1} - x_i
+    dG = z0.new_empty(B, m, d)  # ring buffer of residual differences g_{i+1} - g_i
     gram = torch.zeros(B, m, m, dtype=torch.float64, device=z0.device)  # dG dG^T
 
     x, x_prev, g_prev = z0, None, None

@@ -41,8 +41,8 @@ def broyden(
     trace = Trace("broyden", f, z0, tol, stop_mode)
     B, d = z0.shape
     m = max_iter if m is None else m
-    U = z0.new_zeros(B, m, d)  # u_j: the low-rank terms of B = -I + U^T V
-    V = z0.new_zeros(B, m, d)  # v_j
+    U = z0.new_empty(B, m, d)  # u_j: the low-rank terms of B = -I + U^T V (slots filled as used)
+    V = z0.new_empty(B, m, d)  # v_j
 
     z = z0
     _, g = trace.evaluate(z)
