@@ -7,6 +7,8 @@ warm-up round) in one process, reported as medians with the interquartile range:
 - ``forward_fixed_nfe``: ``tol`` unreachable, so every entry makes the same number of f calls
   (``fixed_nfe``); wall per f call and the solver's own overhead per call (wall per call minus one
   f evaluation) compare the algorithms at equal work;
+- ``solver_only``: as ``forward_fixed_nfe`` but with a cheap elementwise f, so that the wall time
+  is the solver's own work (where the time goes besides f);
 - ``train_step``: forward solve, implicit backward with the same solver (``backward_tol``,
   ``backward_max_iter``), and the parameter gradients: one training step.
 
@@ -57,7 +59,7 @@ def preset_config(preset: str) -> BenchConfig:
                            **{**common, "max_iter": 12, "backward_max_iter": 12, "fixed_nfe": 8})
     device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
     return BenchConfig(d_model=256, n_head=4, d_inner=1024, seq_len=128, batch=8,
-                       rounds=5 if preset == "cpu" else 10, device=device, **common)
+                       rounds=7 if preset == "cpu" else 10, device=device, **common)
 
 
 # ---- the two libraries behind one interface ----------------------------------------------------
@@ -187,11 +189,16 @@ def measure(cfg: BenchConfig) -> list[dict]:
                 lambda f, forward=forward, name=name: forward(name, f, z0, cfg.tol, cfg.max_iter))
             entries[source, name, "forward_fixed_nfe"] = (
                 lambda f, forward=forward, name=name: forward(name, f, z0, 1e-30, cfg.fixed_nfe))
+            entries[source, name, "solver_only"] = (
+                lambda f, forward=forward, name=name: forward(name, f, z0, 1e-30, cfg.fixed_nfe))
             entries[source, name, "train_step"] = (
                 lambda f, train_step=train_step, name=name: train_step(name, f, z0, cfg, loss_fn))
 
     def f(z):
         return cell(z, injection)
+
+    def f_cheap(z):  # elementwise and contractive: the solver's own work dominates the wall time
+        return torch.tanh(0.5 * z + injection[..., : cfg.d_model])
 
     walls: dict = {key: [] for key in entries}
     outcomes: dict = {}
@@ -201,7 +208,8 @@ def measure(cfg: BenchConfig) -> list[dict]:
             f_evals.append(timed(lambda: Outcome(0, f(z0).numel(), 0.0, 0.0), cfg.device)[0])
         for key, run in entries.items():
             cell.zero_grad(set_to_none=True)
-            wall, outcome = timed(lambda: run(Counted(f)), cfg.device)
+            fn = f_cheap if key[2] == "solver_only" else f
+            wall, outcome = timed(lambda: run(Counted(fn)), cfg.device)
             if round_ > 0:
                 walls[key].append(wall)
                 outcomes[key] = outcome
@@ -215,8 +223,9 @@ def measure(cfg: BenchConfig) -> list[dict]:
             "source": source, "solver": name, "phase": phase,
             "wall_ms": median, "wall_ms_q1": q1, "wall_ms_q3": q3,
             "ms_per_nfe": median / outcome.nfe,
-            "overhead_ms_per_nfe": median / outcome.nfe - f_ms if phase != "train_step" else None,
+            "overhead_ms_per_nfe": median / outcome.nfe - f_ms if phase.startswith("forward") else None,
             "f_eval_ms": f_ms,
+            "round_walls_ms": " ".join(f"{1e3 * v:.2f}" for v in wall),
             **asdict(outcome),
         })
     return rows
@@ -228,11 +237,12 @@ def targets(rows: list[dict], cfg: BenchConfig) -> list[tuple[str, float | None,
     """The issue's targets as (what, measured value, goal, met)."""
     by = {(r["source"], r["solver"], r["phase"]): r for r in rows}
 
-    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
-        phase = "forward_fixed_nfe"
+    def ratio(a: tuple[str, str], b: tuple[str, str], phase: str = "forward_fixed_nfe") -> float | None:
+        """Median over rounds of the paired ratio A/B (same round, same f calls): drift cancels."""
         if a + (phase,) not in by or b + (phase,) not in by:
             return None
-        return by[a + (phase,)]["ms_per_nfe"] / by[b + (phase,)]["ms_per_nfe"]
+        walls_a, walls_b = ([float(v) for v in by[key + (phase,)]["round_walls_ms"].split()] for key in (a, b))
+        return statistics.median(x / y for x, y in zip(walls_a, walls_b))
 
     ours, peer = "deq-harness", "torchdeq"
     out = []
@@ -240,6 +250,12 @@ def targets(rows: list[dict], cfg: BenchConfig) -> list[tuple[str, float | None,
         ("our Broyden / our Anderson, wall per f call (equal nfe)", ratio((ours, "broyden"), (ours, "anderson")), 1.3),
         ("our Broyden / torchdeq Broyden, wall at equal nfe", ratio((ours, "broyden"), (peer, "broyden")), 0.7),
         ("our Anderson / torchdeq Anderson, wall at equal nfe", ratio((ours, "anderson"), (peer, "anderson")), 1.0),
+        ("solver only (cheap f): our Broyden / our Anderson",
+         ratio((ours, "broyden"), (ours, "anderson"), "solver_only"), 1.3),
+        ("solver only (cheap f): our Broyden / torchdeq Broyden",
+         ratio((ours, "broyden"), (peer, "broyden"), "solver_only"), 0.7),
+        ("solver only (cheap f): our Anderson / torchdeq Anderson",
+         ratio((ours, "anderson"), (peer, "anderson"), "solver_only"), 1.0),
     ]:
         out.append((label, value, f"<= {limit}", None if value is None else value <= limit))
     for source in (ours, peer):
@@ -273,7 +289,8 @@ def render_markdown(cfg: BenchConfig, preset: str, rows: list[dict]) -> str:
             f"{fmt(r['overhead_ms_per_nfe'], '.2f')} | {r['rel_residual_max']:.1e} | "
             f"{r['converged_fraction']:.2f} | {fmt(r['bwd_n_iter'], 'd')} | "
             f"{fmt(r['bwd_rel_residual_max'], '.1e')} | {fmt(r['bwd_converged_fraction'], '.2f')} |")
-    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += ["", "Ratios are medians over rounds of the ratio within a round (equal f calls on both sides).", "",
+              "| target | measured | goal | met |", "|---|---|---|---|"]
     for label, value, goal, met in targets(rows, cfg):
         shown = "n/a" if value is None else f"{value:.3g}"
         lines.append(f"| {label} | {shown} | {goal} | {'' if met is None else ('yes' if met else 'NO')} |")

@@ -19,7 +19,7 @@ Robustness (the official implementation raises on a singular system):
   step instead (gamma = 0), so the solve always continues.
 
 Cost per step beyond f: one pass over dG for the new row of dG dG^T and the right-hand side dG g_k,
-and one pass each over dX and dG for the new iterate.
+and one pass over dS = dX + beta dG (stored instead of dX, since beta is fixed) for the new iterate.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def anderson(
     """
     trace = Trace("anderson", f, z0, tol, stop_mode)
     B, d = z0.shape
-    dX = z0.new_empty(B, m, d)  # ring buffer of iterate differences x_{i+1} - x_i
     dG = z0.new_empty(B, m, d)  # ring buffer of residual differences g_{i+1} - g_i
+    dS = z0.new_empty(B, m, d)  # ring buffer of step differences dX_i + beta dG_i
+    probe = z0.new_empty(B, 2, d)  # [newest dG; g_k], reused every step
     gram = torch.zeros(B, m, m, dtype=torch.float64, device=z0.device)  # dG dG^T
 
     x, x_prev, g_prev = z0, None, None
@@ -56,20 +57,21 @@ def anderson(
         if trace.done() or k == max_iter - 1:
             break
         if g_prev is None:  # no history yet: a plain damped step
-            x, x_prev, g_prev = x + beta * g, x, g
+            x, x_prev, g_prev = torch.add(x, g, alpha=beta), x, g
             continue
         slot, n = (k - 1) % m, min(k, m)
-        torch.sub(x, x_prev, out=dX[:, slot])
-        torch.sub(g, g_prev, out=dG[:, slot])
+        torch.sub(g, g_prev, out=probe[:, 0])
+        dG[:, slot] = probe[:, 0]
+        torch.sub(x, x_prev, out=dS[:, slot]).add_(probe[:, 0], alpha=beta)
+        probe[:, 1] = g
         # One pass over dG gives the new row of dG dG^T and the right-hand side dG g_k. The
         # row-vector shape (2, d) @ (d, n) is the fast one for batched GEMV on CPU.
-        probe = torch.stack([dG[:, slot], g], dim=1)  # (B, 2, d)
         row, rhs = torch.bmm(probe, dG[:, :n].transpose(1, 2)).double().unbind(dim=1)  # (B, n) each
         gram[:, slot, :n], gram[:, :n, slot] = row, row
         gamma = _ridge_solve(gram[:, :n, :n], rhs, lam).to(z0.dtype)[:, None, :]  # (B, 1, n)
-        x_new = torch.baddbmm((x + beta * g)[:, None, :], gamma, dX[:, :n], alpha=-1)
-        x_new = torch.baddbmm(x_new, gamma, dG[:, :n], alpha=-beta).squeeze(1)
-        x, x_prev, g_prev = x_new, x, g
+        # x_{k+1} = x_k + beta g_k - gamma (dX + beta dG), one new buffer, one pass over dS
+        x_new = torch.add(x, g, alpha=beta)[:, None, :].baddbmm_(gamma, dS[:, :n], alpha=-1)
+        x, x_prev, g_prev = x_new.squeeze(1), x, g
     return trace.finish()
 
 

@@ -101,7 +101,7 @@ class Trace:
         res = rel_res if self.stop_mode == "rel" else abs_res
         best = self.best_rel if self.stop_mode == "rel" else self.best_abs
         improved = res < best  # NaN never improves, so a diverging sample keeps its best point
-        self.best_z = torch.where(improved[:, None], z, self.best_z)
+        torch.where(improved[:, None], z, self.best_z, out=self.best_z)  # in place: no new (B, d) buffer
         self.best_abs = torch.where(improved, abs_res, self.best_abs)
         self.best_rel = torch.where(improved, rel_res, self.best_rel)
         return g
