@@ -77,9 +77,9 @@ def anderson(
 
 def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, lam: float) -> torch.Tensor:
     """gamma (B, n) solving (gram + lam_eff I) gamma = rhs in float64; 0 where that fails."""
-    n = gram.shape[-1]
-    ridge = lam * gram.diagonal(dim1=1, dim2=2).mean(dim=1)  # (B,) relative ridge
-    system = gram + ridge[:, None, None] * torch.eye(n, dtype=gram.dtype, device=gram.device)
+    system = gram.clone()
+    diagonal = system.diagonal(dim1=1, dim2=2)
+    diagonal.add_(lam * diagonal.mean(dim=1, keepdim=True))  # relative ridge
     gamma, info = torch.linalg.solve_ex(system, rhs)
-    ok = (info == 0) & torch.isfinite(gamma).all(dim=1)
-    return torch.where(ok[:, None], gamma, 0.0)
+    failed = (info != 0) | ~torch.isfinite(gamma).all(dim=1)
+    return gamma.masked_fill_(failed[:, None], 0.0)
