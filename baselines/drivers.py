@@ -1,0 +1,81 @@
+"""Explicit drivers of the DEQ cells: the weight-tied stack and the untied stack.
+
+Both take the same cells as the DEQ (``deq.models``) and return the same
+:class:`deq.models.drivers.DriverOutput`; this module never defines a cell.
+
+- :class:`WeightTiedDriver`: one cell applied ``n_layer`` times from z = 0 with ordinary backprop
+  (optionally with ``torch.utils.checkpoint`` per layer, and auxiliary readouts every ``aux_every``
+  layers for TrellisNet's auxiliary loss). Its memory is the final state, as for the DEQ.
+- :class:`UntiedStackDriver`: ``n_layer`` independent cells, Transformer-XL style: layer l's memory
+  holds the previous segment's inputs to layer l, and every layer receives its own input injection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from deq.models.cell import Cell, Memory
+from deq.models.layers import weights_computed_once
+from deq.models.drivers import DriverOutput
+
+
+def residual_norms(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||f(z) - z|| (B,), detached: the explicit stack's distance from a fixed point."""
+    return (fz - z).detach().flatten(1).norm(dim=1)
+
+
+class WeightTiedDriver(nn.Module):
+    """z_{l+1} = f(z_l; x), l = 0 .. n_layer-1, from z_0 = 0. ``info`` is the (n_layer, B) residual trace."""
+
+    def __init__(self, cell: Cell, n_layer: int, mem_len: int = 0, checkpoint: bool = False, aux_every: int = 0):
+        super().__init__()
+        if n_layer < 1:
+            raise ValueError(f"n_layer must be >= 1, got {n_layer=}")
+        self.cell, self.n_layer, self.mem_len = cell, n_layer, mem_len
+        self.checkpoint, self.aux_every = checkpoint, aux_every
+
+    def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
+        with weights_computed_once(self.cell):
+            injection = self.cell.inject(x, memory)
+            z = self.cell.init_state(injection)
+            self.cell.reset_dropout(z)
+            residuals, aux = [], []
+            for layer in range(1, self.n_layer + 1):
+                if self.checkpoint and torch.is_grad_enabled():
+                    fz = checkpoint(self.cell, z, injection, memory, use_reentrant=False)
+                else:
+                    fz = self.cell(z, injection, memory)
+                residuals.append(residual_norms(z, fz))
+                z = fz
+                if self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
+                    aux.append(self.cell.readout(z))
+            h = self.cell.readout(z)
+        next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
+        return DriverOutput(h, z, next_memory, torch.stack(residuals), aux)
+
+
+class UntiedStackDriver(nn.Module):
+    """n_layer independent cells applied in turn; memory is a tuple of per-layer memories."""
+
+    def __init__(self, cells: list[Cell], mem_len: int = 0):
+        super().__init__()
+        if not cells:
+            raise ValueError("UntiedStackDriver needs at least one cell, got an empty list")
+        self.cells, self.mem_len = nn.ModuleList(cells), mem_len
+
+    def forward(self, x: torch.Tensor, memory: tuple[Memory, ...] | None = None) -> DriverOutput:
+        memory = memory or (None,) * len(self.cells)
+        next_memory = []
+        with weights_computed_once(self.cells):
+            z = None
+            for cell, layer_memory in zip(self.cells, memory):
+                injection = cell.inject(x, layer_memory)
+                z = cell.init_state(injection) if z is None else z
+                cell.reset_dropout(z)
+                next_memory.append(cell.next_memory(z.detach(), injection.detach(), x.detach(), layer_memory,
+                                                    self.mem_len))
+                z = cell(z, injection, layer_memory)
+            h = self.cells[-1].readout(z)
+        return DriverOutput(h, z, tuple(next_memory), None)

@@ -1,0 +1,83 @@
+"""The DEQ driver: solve a cell to equilibrium, one segment at a time.
+
+The explicit drivers of the same cells (weight-tied and untied stacks) are in ``baselines/``.
+All drivers return a :class:`DriverOutput` and carry the segment memory the same way, so the
+language-model wrapper can hold any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import deq
+from deq.models.cell import Cell, Memory
+from deq.models.layers import weights_computed_once
+from deq.solvers import check_solver_args
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """How the DEQ driver solves and differentiates (names follow ``deq.equilibrium``)."""
+
+    solver: str = "anderson"  # forward solver in training (the DEQ v2 code: Anderson)
+    tol: float = 1e-3  # forward tolerance in training, per sample
+    max_iter: int = 30  # forward cap in training (the paper's f_thres)
+    stop_mode: str = "rel"  # 'rel' or 'abs', forward and backward
+    backward: str = "implicit"  # 'implicit', 'phantom', 'jfb' or 'unrolled' (see deq.BACKWARDS)
+    backward_solver: str = "broyden"  # solver of the implicit backward
+    backward_tol: float = 1e-6  # backward tolerance
+    backward_max_iter: int = 35  # backward cap (the paper's b_thres)
+    eval_solver: str = "anderson"  # forward solver at evaluation
+    eval_tol: float = 1e-3  # forward tolerance at evaluation (may differ from training)
+    eval_max_iter: int = 30  # forward cap at evaluation
+    solver_options: dict = field(default_factory=dict)  # extra options of the forward solvers (m, lam, ...)
+
+    def __post_init__(self) -> None:
+        if self.backward not in deq.BACKWARDS:
+            raise ValueError(f"unknown backward {self.backward!r}; choose from {list(deq.BACKWARDS)}")
+        check_solver_args(self.solver, self.tol, self.max_iter, self.stop_mode, self.solver_options)
+        check_solver_args(self.eval_solver, self.eval_tol, self.eval_max_iter, self.stop_mode, self.solver_options)
+        check_solver_args(self.backward_solver, self.backward_tol, self.backward_max_iter, self.stop_mode, {})
+
+
+@dataclass
+class DriverOutput:
+    h: torch.Tensor  # (B, T, d_out) what the decoder sees
+    z: torch.Tensor  # (B, T, d_state) the final state (z* for the DEQ)
+    memory: Memory  # the next segment's memory (detached)
+    info: object = None  # deq.EquilibriumInfo for the DEQ; per-layer residuals for explicit drivers
+    aux: list[torch.Tensor] = field(default_factory=list)  # intermediate readouts (auxiliary losses)
+
+
+class DEQDriver(nn.Module):
+    """z* = f(z*; x) per segment with ``deq.equilibrium``; training and evaluation settings differ."""
+
+    def __init__(self, cell: Cell, settings: SolverSettings, mem_len: int = 0):
+        super().__init__()
+        self.cell, self.settings, self.mem_len = cell, settings, mem_len
+        # When set, the same parameters run as a weight-tied explicit stack of this depth instead of
+        # a solve (the paper's pretraining); the language model sets it for its first steps.
+        self.explicit_depth: int | None = None
+
+    def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
+        """x: (B, T, d_embed) embeddings of one segment; memory: the previous segment's, or None."""
+        s = self.settings
+        solve = (dict(solver=s.solver, tol=s.tol, max_iter=s.max_iter) if self.training else
+                 dict(solver=s.eval_solver, tol=s.eval_tol, max_iter=s.eval_max_iter))
+        backward = s.backward
+        if self.explicit_depth is not None:
+            solve["max_iter"], backward = self.explicit_depth, "unrolled"
+        with weights_computed_once(self.cell):  # weight norm once per call, not per iteration
+            injection = self.cell.inject(x, memory)
+            z0 = self.cell.init_state(injection)
+            self.cell.reset_dropout(z0)
+            z, info = deq.equilibrium(
+                lambda z: self.cell(z, injection, memory), z0, **solve, stop_mode=s.stop_mode,
+                backward=backward, backward_solver=s.backward_solver, backward_tol=s.backward_tol,
+                backward_max_iter=s.backward_max_iter, **s.solver_options)
+            h = self.cell.readout(z)
+        next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
+        return DriverOutput(h, z, next_memory, info)
