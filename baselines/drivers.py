@@ -12,6 +12,8 @@ Both take the same cells as the DEQ (``deq.models``) and return the same
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -37,7 +39,9 @@ class WeightTiedDriver(nn.Module):
         self.checkpoint, self.aux_every = checkpoint, aux_every
 
     def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
-        with weights_computed_once(self.cell):
+        # Checkpointed layers recompute in the backward, outside any weight cache, so with
+        # checkpointing each layer computes its weight-norm weights itself (a small cost per layer).
+        with nullcontext() if self.checkpoint else weights_computed_once(self.cell):
             injection = self.cell.inject(x, memory)
             z = self.cell.init_state(injection)
             self.cell.reset_dropout(z)

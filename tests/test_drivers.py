@@ -151,3 +151,26 @@ def test_pretraining_switch_runs_the_same_parameters_explicitly(family):
     assert out.info.backward_mode == "unrolled" and out.info.forward.n_iter == 2
     model.set_pretraining(None)
     assert model(tokens, tokens).info.backward_mode == "implicit"
+
+
+@pytest.mark.parametrize("family", CELLS)
+def test_gradient_checkpointing_changes_memory_not_gradients(family):
+    # torch.utils.checkpoint recomputes each layer in the backward; with the dropout masks fixed per
+    # step the recomputation is exact, so the gradients must be identical to plain backprop.
+    x = embeddings()
+    grads = []
+    for use_checkpoint in (False, True):
+        driver = WeightTiedDriver(CELLS[family](dropout=0.2), n_layer=3, checkpoint=use_checkpoint)
+        torch.manual_seed(7)  # the same dropout masks in both runs
+        loss = driver(x).h.square().sum()
+        grads.append(torch.autograd.grad(loss, list(driver.parameters())))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_auxiliary_readouts_every_k_layers():
+    # TrellisNet's auxiliary loss reads out intermediate levels: with 7 layers and aux_every=3 those
+    # are levels 3 and 6 (the last level is the main output, not an auxiliary one).
+    driver = WeightTiedDriver(trellis(), n_layer=7, aux_every=3)
+    out = driver(embeddings())
+    assert len(out.aux) == 2 and all(a.shape == out.h.shape for a in out.aux)
