@@ -25,7 +25,7 @@ from deq.models.layers import VariationalDropout
 class LMOutput:
     loss: torch.Tensor  # scalar: mean negative log-likelihood over the segment's tokens
     nll: torch.Tensor  # (B, T) per-token negative log-likelihood
-    aux_loss: torch.Tensor | None  # mean NLL of the auxiliary readouts (TrellisNet), or None
+    aux_loss: torch.Tensor | None  # sum over auxiliary readouts of their mean NLL (TrellisNet), or None
     memory: object  # the next segment's memory
     info: object  # the driver's solver statistics
 
@@ -54,7 +54,7 @@ class LanguageModel(nn.Module):
         self.drop_out.reset(out.h)
         nll = self._nll(self.drop_out(out.h), targets)
         aux = [self._nll(self.drop_out(h), targets).mean() for h in out.aux]
-        return LMOutput(nll.mean(), nll, torch.stack(aux).mean() if aux else None, out.memory, out.info)
+        return LMOutput(nll.mean(), nll, torch.stack(aux).sum() if aux else None, out.memory, out.info)
 
     def _nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         B, T, d = h.shape

@@ -1,0 +1,147 @@
+"""The registry of the paper's word-level rows, its presets, and the parameter counts in docs/params.md."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from deq.models.configs import CONFIGS, PRESETS, build_model, get_config
+from deq.models.params import count_parameters, measure, render_markdown
+
+PARAMS_MD = Path(__file__).resolve().parents[1] / "docs" / "params.md"
+NAMES = list(CONFIGS)
+
+# (table, test ppl, memory GB) of every row of Tables 2-3 that the paper trains itself (PAPER.md).
+PAPER_ROWS = sorted([(2, 57.0, 8.5), (2, 57.1, 1.2), (3, 29.2, 24.7), (3, 29.2, 5.2), (3, 29.0, 3.3),
+                     (3, 24.3, 8.5), (3, 24.2, 2.7), (3, 23.6, 9.0), (3, 23.2, 3.7), (3, 35.8, 4.8),
+                     (3, 34.9, 6.8), (3, 32.4, 1.1)])
+
+
+@cache
+def measured() -> dict:
+    return {row.name: row for row in measure()}
+
+
+@cache
+def documented() -> dict[str, tuple[int, int]]:
+    """{row: (params, non-embedding)} as printed in docs/params.md's table."""
+    counts = {}
+    for line in PARAMS_MD.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] in CONFIGS:
+            counts[cells[0]] = (int(cells[3].replace(",", "")), int(cells[6].replace(",", "")))
+    return counts
+
+
+def test_registry_holds_every_row_the_paper_trains_once():
+    # A dropped or duplicated row would leave a hole (or a double) in the reproduced tables without
+    # any error; the rows are identified by their reported perplexity and memory.
+    assert sorted((c.paper_table, c.paper_ppl, c.paper_memory_gb) for c in CONFIGS.values()) == PAPER_ROWS
+    assert all(key == cfg.name for key, cfg in CONFIGS.items())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_row_builds_at_smoke_preset_and_runs_a_forward(name):
+    # Every registered row must be constructible and runnable end to end (embedding, driver, adaptive
+    # softmax, auxiliary readouts) before anyone spends GPU hours on its paper-scale version.
+    cfg = get_config(name, preset="smoke")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    tokens, targets = torch.randint(0, cfg.n_token, (2, 2, 6))
+    out = model(tokens, targets)
+    assert out.nll.shape == (2, 6) and torch.isfinite(out.loss)
+    assert (out.aux_loss is not None) == (cfg.aux_every > 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_documented_counts_equal_the_code(name):
+    # docs/params.md is what readers cite; a change to a config or a cell that is not regenerated
+    # into it would make the documented counts silently wrong.
+    row = measured()[name]
+    assert documented()[name] == (row.total, row.non_embedding), "rerun: python -m deq.models.params"
+
+
+def test_docs_page_is_exactly_what_the_command_writes():
+    # The notes and derivations on the page must also come from the registry, never be typed by hand.
+    assert PARAMS_MD.read_text() == render_markdown(list(measured().values())), "rerun: python -m deq.models.params"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paper_rows_match_the_paper_counts_or_say_why(name):
+    # The registry claims to reproduce the paper's models: a row more than 3% off in either count is
+    # a different model unless its note explains the gap; a note on a row that matches is stale.
+    row = measured()[name]
+    assert bool(row.note) != row.within_tolerance, (row.total, row.paper_total, row.non_embedding,
+                                                    row.paper_non_embedding, row.note)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paper_scale_models_build_on_the_meta_device(name):
+    # Counting 100M+ rows must allocate nothing: every constructor has to honour the default device.
+    with torch.device("meta"):
+        model = build_model(get_config(name))
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_tied_weights_count_once_and_non_embedding_is_the_driver():
+    # The paper's "non-embedding" column is the network proper; counting the tied softmax weights
+    # twice, or leaving projections in the non-embedding part, would shift every comparison.
+    model = build_model(get_config("wt103-deq-transformer-medium-adaptive", preset="smoke"))
+    total, non_embedding = count_parameters(model)
+    every_use = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    assert total == sum({id(p): p.numel() for p in model.parameters()}.values()) < every_use
+    assert non_embedding == sum(p.numel() for p in model.driver.parameters())
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+@pytest.mark.parametrize("name", NAMES)
+def test_shrunk_presets_keep_the_row_and_shrink_the_width(name, preset):
+    # A smoke or cpu run stands in for its paper row: it must be the same kind of model (family,
+    # driver, vocabulary, softmax), only smaller, or its numbers say nothing about the row.
+    paper, cfg = get_config(name), get_config(name, preset)
+    keep = ("name", "paper_table", "dataset", "n_token", "family", "driver", "cutoffs", "div_val", "checkpoint")
+    assert [getattr(cfg, k) for k in keep] == [getattr(paper, k) for k in keep]
+    width = {("smoke", "transformer"): 32, ("smoke", "trellis"): 16, ("cpu", "transformer"): 128,
+             ("cpu", "trellis"): 128}[preset, cfg.family]
+    assert cfg.preset == preset and cfg.d_model == width
+    assert cfg.n_layer <= paper.n_layer and (cfg.aux_every > 0) == (paper.aux_every > 0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if CONFIGS[n].aux_every])
+def test_cpu_preset_keeps_the_number_of_auxiliary_readouts(name):
+    # The auxiliary loss is a sum over readouts (TrellisNet), so the cpu model must make as many
+    # readouts as the paper's, and n_aux_readouts must be what the driver actually returns.
+    cfg = get_config(name, preset="cpu")
+    model = build_model(cfg)
+    x = torch.randn(1, 3, cfg.d_model)
+    assert len(model.driver(x).aux) == cfg.n_aux_readouts == get_config(name).n_aux_readouts > 0
+
+
+@pytest.mark.parametrize(("name", "preset", "bad", "allowed"), [
+    ("wt103-deq-transfomer-small", "paper", "wt103-deq-transfomer-small", NAMES),
+    ("ptb-deq-trellisnet", "gpu", "gpu", PRESETS),
+])
+def test_unknown_name_or_preset_is_rejected_naming_the_choices(name, preset, bad, allowed):
+    # A typo must fail at once, naming the bad value and the allowed ones, not fall back to a default.
+    with pytest.raises(ValueError) as error:
+        get_config(name, preset)
+    assert all(repr(value) in str(error.value) for value in [bad, *allowed])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(solver=None), "solver"),  # a DEQ without solver settings
+    (dict(family="transformer"), "TransformerCellConfig"),  # family disagrees with the cell
+    (dict(dataset="wt2"), "'wt2'"),
+    (dict(aux_every=3), "aux_every"),  # auxiliary readouts on a DEQ
+    (dict(d_embed=2, div_val=4, cutoffs=(10, 20)), "d_embed"),  # an empty adaptive cluster
+    (dict(cutoffs=(5_000, 20_000)), "cutoffs"),  # a cluster beyond the vocabulary
+])
+def test_inconsistent_rows_are_rejected_at_construction(change, message):
+    # Config errors must surface when the row is made, naming the bad value, not deep inside a run.
+    with pytest.raises(ValueError, match=re.escape(message)):
+        replace(CONFIGS["ptb-deq-trellisnet"], **change)
