@@ -18,25 +18,28 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from deq.equilibrium import EquilibriumInfo
 from deq.models.cell import Cell, Memory
-from deq.models.layers import weights_computed_once
 from deq.models.drivers import DriverOutput
-
-
-def residual_norms(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-    """Per-sample ||f(z) - z|| (B,), detached: the explicit stack's distance from a fixed point."""
-    return (fz - z).detach().flatten(1).norm(dim=1)
+from deq.models.layers import weights_computed_once
+from deq.solvers.stats import Trace
 
 
 class WeightTiedDriver(nn.Module):
-    """z_{l+1} = f(z_l; x), l = 0 .. n_layer-1, from z_0 = 0. ``info`` is the (n_layer, B) residual trace."""
+    """z_{l+1} = f(z_l; x), l = 0 .. n_layer-1, from z_0 = 0.
 
-    def __init__(self, cell: Cell, n_layer: int, mem_len: int = 0, checkpoint: bool = False, aux_every: int = 0):
+    ``info`` is a :class:`deq.EquilibriumInfo` whose ``forward`` record traces ||f(z_l) - z_l|| per
+    layer, as for a solver: how far the explicit stack is from a fixed point (Figure 2). Its
+    ``converged`` flags compare the relative residual with ``report_tol``, for reporting only.
+    """
+
+    def __init__(self, cell: Cell, n_layer: int, mem_len: int = 0, checkpoint: bool = False, aux_every: int = 0,
+                 report_tol: float = 1e-3):
         super().__init__()
         if n_layer < 1:
             raise ValueError(f"n_layer must be >= 1, got {n_layer=}")
         self.cell, self.n_layer, self.mem_len = cell, n_layer, mem_len
-        self.checkpoint, self.aux_every = checkpoint, aux_every
+        self.checkpoint, self.aux_every, self.report_tol = checkpoint, aux_every, report_tol
 
     def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
         # Checkpointed layers recompute in the backward, outside any weight cache, so with
@@ -45,19 +48,20 @@ class WeightTiedDriver(nn.Module):
             injection = self.cell.inject(x, memory)
             z = self.cell.init_state(injection)
             self.cell.reset_dropout(z)
-            residuals, aux = [], []
+            trace, aux = Trace("weight_tied", self.cell, z.detach().flatten(1), self.report_tol, "rel"), []
             for layer in range(1, self.n_layer + 1):
                 if self.checkpoint and torch.is_grad_enabled():
                     fz = checkpoint(self.cell, z, injection, memory, use_reentrant=False)
                 else:
                     fz = self.cell(z, injection, memory)
-                residuals.append(residual_norms(z, fz))
+                trace.nfe += 1
+                trace.record(z.detach().flatten(1), fz.detach().flatten(1))
                 z = fz
                 if self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
                     aux.append(self.cell.readout(z))
             h = self.cell.readout(z)
         next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
-        return DriverOutput(h, z, next_memory, torch.stack(residuals), aux)
+        return DriverOutput(h, z, next_memory, EquilibriumInfo(trace.finish()[1], "weight_tied"), aux)
 
 
 class UntiedStackDriver(nn.Module):

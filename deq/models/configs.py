@@ -47,9 +47,10 @@ from deq.models.transformer import TransformerCell, TransformerCellConfig
 from deq.models.trellis import TrellisCell, TrellisCellConfig
 
 __all__ = ["CONFIGS", "COPY_CONFIGS", "DATASETS", "DRIVERS", "FAMILIES", "PRESETS", "CopyConfig", "LMConfig",
-           "build_model", "get_config"]
+           "build_model", "get_config", "on_dataset"]
 
-DATASETS = {"ptb": 10_000, "wikitext-103": 267_735}  # name -> vocabulary size (PAPER.md, Data)
+# name -> vocabulary size (PAPER.md, Data). WikiText-2 stands in for WikiText-103 at small presets.
+DATASETS = {"ptb": 10_000, "wikitext-2": 33_278, "wikitext-103": 267_735}
 FAMILIES = ("transformer", "trellis")
 DRIVERS = ("deq", "weight_tied", "untied")
 PRESETS = ("smoke", "cpu", "paper")
@@ -220,6 +221,17 @@ def get_config(name: str, preset: str = "paper") -> LMConfig:
     _choice("config", name, CONFIGS)
     _choice("preset", preset, PRESETS)
     return {"paper": lambda c: c, "smoke": _smoke, "cpu": _cpu}[preset](CONFIGS[name])
+
+
+def on_dataset(cfg: LMConfig, dataset: str) -> LMConfig:
+    """The row retargeted to another corpus: its vocabulary size, and the cutoffs that fit inside it.
+
+    Used where a small preset trains on WikiText-2 in place of WikiText-103 (33,278 words, so the
+    adaptive cutoffs 20000/40000/200000 become 20000 alone); everything else is kept.
+    """
+    _choice("dataset", dataset, DATASETS)
+    n_token = DATASETS[dataset]
+    return replace(cfg, dataset=dataset, n_token=n_token, cutoffs=tuple(c for c in cfg.cutoffs if c < n_token))
 
 
 def __getattr__(name: str):
