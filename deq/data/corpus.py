@@ -1,0 +1,219 @@
+"""Word-level corpora as token-id streams, and the batching the language models train on.
+
+Tokenisation follows the Transformer-XL / DEQ ``Corpus``: each line is split on whitespace and one
+``<eos>`` is appended. The vocabulary puts the special ``<eos>`` first (id 0), then every word by
+descending frequency, ties broken by first appearance (``Counter.most_common``, as the reference
+code; the adaptive softmax cutoffs rely on this order).
+
+- PTB: lower-cased (this maps the number token ``N`` to ``n``), counted over train+valid+test.
+- WikiText-2 and -103: case kept, counted on train only; every valid/test token is in the train
+  vocabulary for these corpora, and an unknown one is an error rather than a silent ``<unk>``.
+  (Transformer-XL counts WikiText-2 over all three splits: the same 33,278 words; ids of words
+  with the same train count may then differ from ours.)
+
+:func:`prepare` encodes each split to ``<root>/<dataset>/prepared/<split>.npy`` (int32), with
+``vocab.txt`` (one token per line, UTF-8) and ``meta.json`` (token counts, vocabulary size, the
+source files' sha256). It works in two streaming passes (count, then encode into a preallocated
+memmap), so WikiText-103 (about 103M tokens) prepares in well under 4 GB of memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deq.data.download import check_dataset, fetch, source_digests, write_atomic
+from deq.io import atomic_write_text
+
+__all__ = ["SPLITS", "VOCAB_SIZES", "Corpus", "batchify", "prepare", "segments"]
+
+SPLITS = ("train", "valid", "test")
+EOS = "<eos>"
+SPECIALS = (EOS,)  # ids 0.. in this order, before every word
+VOCAB_SIZES = {"ptb": 10_000, "wikitext-2": 33_278, "wikitext-103": 267_735}  # <eos> included
+FORMAT = 1  # of the prepared folder; bump when the layout or the vocabulary rule changes
+ENCODE_CHUNK = 1 << 20  # tokens buffered before each write into the memmap
+
+
+@dataclass(frozen=True)
+class _Rule:
+    lower_case: bool
+    vocab_splits: tuple[str, ...]  # the splits whose words are counted
+
+
+RULES = {
+    "ptb": _Rule(lower_case=True, vocab_splits=SPLITS),
+    "wikitext-2": _Rule(lower_case=False, vocab_splits=("train",)),
+    "wikitext-103": _Rule(lower_case=False, vocab_splits=("train",)),
+}
+
+
+@dataclass(eq=False)
+class Corpus:
+    """A prepared corpus: the vocabulary and each split as a memory-mapped id stream."""
+
+    vocab: list[str]  # id -> token; vocab[0] == "<eos>"
+    train: np.ndarray  # (N_train,) int32, memory-mapped
+    valid: np.ndarray  # (N_valid,) int32, memory-mapped
+    test: np.ndarray  # (N_test,) int32, memory-mapped
+    counts: dict[str, int]  # split -> tokens, one <eos> per line included
+
+
+# --- the two passes -------------------------------------------------------------------------------
+
+def _lines(path: Path, lower_case: bool) -> Iterator[list[str]]:
+    """The words of each line of ``path``, without the <eos> appended to every line."""
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            yield (line.lower() if lower_case else line).split()
+
+
+def _count(paths: dict[str, Path], rule: _Rule) -> tuple[list[str], dict[str, int]]:
+    """Pass 1: (vocabulary, tokens per split)."""
+    counter: Counter[str] = Counter()  # insertion-ordered: most_common breaks ties by first appearance
+    tokens = {}
+    for split, path in paths.items():
+        n = 0
+        for words in _lines(path, rule.lower_case):
+            n += len(words) + 1
+            if split in rule.vocab_splits:
+                counter.update(words)
+        tokens[split] = n
+    words = [w for w, _ in counter.most_common() if w not in SPECIALS]
+    return [*SPECIALS, *words], tokens
+
+
+def _encode(path: Path, out: np.ndarray, stoi: dict[str, int], lower_case: bool, split: str) -> None:
+    """Pass 2: write the ids of ``path`` into the preallocated ``out``, chunk by chunk."""
+    eos, pos, buffer = stoi[EOS], 0, []
+    for words in _lines(path, lower_case):
+        try:
+            buffer.extend([stoi[w] for w in words])
+        except KeyError as error:
+            raise ValueError(f"{path.name}: token {error.args[0]!r} of the {split} split is not in the "
+                             f"vocabulary; the source file is not the expected corpus") from None
+        buffer.append(eos)
+        if len(buffer) >= ENCODE_CHUNK:
+            out[pos:pos + len(buffer)] = buffer
+            pos, buffer = pos + len(buffer), []
+    out[pos:pos + len(buffer)] = buffer
+    if pos + len(buffer) != len(out):
+        raise RuntimeError(f"{path} changed while it was being prepared: {len(out):,} tokens counted, "
+                           f"{pos + len(buffer):,} encoded")
+
+
+# --- the prepared folder --------------------------------------------------------------------------
+
+def _meta(dataset: str, sources: dict[str, str], vocab_size: int, tokens: dict[str, int]) -> dict:
+    rule = RULES[dataset]
+    return {"format": FORMAT, "dataset": dataset, "lower_case": rule.lower_case,
+            "vocab_counted_on": list(rule.vocab_splits), "vocab_size": vocab_size, "tokens": tokens,
+            "sources_sha256": sources}
+
+
+def _load(folder: Path, dataset: str, sources: dict[str, str]) -> Corpus | None:
+    """The cached corpus if ``meta.json`` says it was built from exactly ``sources``; else None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta["format"] != FORMAT or meta["dataset"] != dataset or meta["sources_sha256"] != sources:
+            return None
+        vocab = (folder / "vocab.txt").read_bytes().decode("utf-8").split("\n")[:-1]
+        arrays = {s: np.load(folder / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+    except (OSError, ValueError, KeyError):
+        return None  # missing or unreadable: rebuild
+    if len(vocab) != meta["vocab_size"] or any(arrays[s].shape != (meta["tokens"][s],) for s in SPLITS):
+        return None
+    return Corpus(vocab, **arrays, counts=dict(meta["tokens"]))
+
+
+def _build(folder: Path, dataset: str, paths: dict[str, Path], sources: dict[str, str]) -> None:
+    rule = RULES[dataset]
+    (folder / "meta.json").unlink(missing_ok=True)  # the old cache is invalid from here on
+    vocab, tokens = _count(paths, rule)
+    if len(vocab) != VOCAB_SIZES[dataset]:
+        raise ValueError(f"{dataset}: vocabulary of {len(vocab):,} tokens, expected "
+                         f"{VOCAB_SIZES[dataset]:,}; the source files are not the expected corpus")
+    stoi = {w: i for i, w in enumerate(vocab)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        dest, tmp = folder / f"{split}.npy", folder / f".{split}.npy.tmp"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(tokens[split],))
+        try:
+            _encode(paths[split], out, stoi, rule.lower_case, split)
+            out.flush()
+            del out
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    write_atomic(folder / "vocab.txt", ["".join(f"{w}\n" for w in vocab).encode("utf-8")])
+    # meta.json last: its presence says the folder is complete
+    atomic_write_text(folder / "meta.json", json.dumps(_meta(dataset, sources, len(vocab), tokens), indent=1))
+
+
+def prepare(dataset: str, root: str | Path, mirror: str | Path | None = None) -> Corpus:
+    """Fetch ``dataset`` (see :func:`deq.data.fetch`), encode it once, and return it memory-mapped.
+
+    The prepared folder is reused while its ``meta.json`` names the same source digests, and
+    rebuilt otherwise.
+    """
+    check_dataset(dataset)
+    if dataset not in RULES:
+        raise ValueError(f"{dataset!r} is not a text corpus; choose from {list(RULES)} "
+                         f"(copy-memory is generated: deq.data.copy_memory_splits)")
+    paths = fetch(dataset, root, mirror)
+    sources = source_digests(dataset, root)
+    folder = Path(root) / dataset / "prepared"
+    corpus = _load(folder, dataset, sources)
+    if corpus is None:
+        _build(folder, dataset, paths, sources)
+        corpus = _load(folder, dataset, sources)
+        assert corpus is not None, f"{folder} unreadable right after it was written"
+    return corpus
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+def batchify(tokens: np.ndarray, batch_size: int) -> torch.Tensor:
+    """Cut a token stream into ``batch_size`` contiguous streams, (B, N) int64; the tail is dropped.
+
+    Row b is the b-th contiguous chunk, so each row reads as running text.
+
+    >>> batchify(np.arange(10, dtype=np.int32), 3)
+    tensor([[0, 1, 2],
+            [3, 4, 5],
+            [6, 7, 8]])
+    """
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be one stream (N,), got shape {tuple(tokens.shape)}")
+    if not 1 <= batch_size <= len(tokens):
+        raise ValueError(f"batch_size must be in 1..{len(tokens)} (the stream's length), got {batch_size=}")
+    n = len(tokens) // batch_size
+    return torch.from_numpy(np.asarray(tokens[:n * batch_size], dtype=np.int64)).view(batch_size, n)
+
+
+def segments(streams: torch.Tensor, tgt_len: int, start: int = 0
+             ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (position, inputs (B, T), targets (B, T)) from token offset ``start`` to the end.
+
+    Targets are the inputs shifted by one token; the last segment may be shorter than ``tgt_len``.
+    ``start`` is the position to resume at (a previous segment's position plus its length).
+
+    >>> for pos, x, y in segments(batchify(np.arange(8), 2), tgt_len=2):
+    ...     print(pos, x.tolist(), y.tolist())
+    0 [[0, 1], [4, 5]] [[1, 2], [5, 6]]
+    2 [[2], [6]] [[3], [7]]
+    """
+    if streams.ndim != 2:
+        raise ValueError(f"streams must be (B, N), got shape {tuple(streams.shape)}")
+    if tgt_len < 1 or start < 0:
+        raise ValueError(f"need tgt_len >= 1 and start >= 0, got {tgt_len=}, {start=}")
+    n = streams.size(1)
+    for pos in range(start, n - 1, tgt_len):
+        length = min(tgt_len, n - 1 - pos)
+        yield pos, streams[:, pos:pos + length], streams[:, pos + 1:pos + 1 + length]  # (B, T) each
