@@ -1,0 +1,109 @@
+"""The training run's configuration: one YAML file in, one typed, validated record out.
+
+``python -m deq.train --config run.yaml --out runs/x`` reads the YAML with :func:`load_config`.
+Every key is a field below (unknown keys are errors, naming the key and the allowed ones); the
+model itself is a named row of :mod:`deq.models.configs` at a preset, so the YAML never restates
+architecture. The resolved config is saved in the run folder and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from deq.models.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS
+
+RUN_DATASETS = (*DATASETS, "copy-memory")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str  # a row of deq.models.configs.CONFIGS (language models) or COPY_CONFIGS (copy memory)
+    preset: str = "cpu"  # scale of the model row: 'smoke', 'cpu' or 'paper'
+    dataset: str | None = None  # corpus; None: the row's own (copy-memory rows: 'copy-memory')
+    data_root: str = "data"  # where datasets are downloaded and prepared
+    data_mirror: str | None = None  # local mirror <mirror>/<dataset>/<files>; env DEQ_DATA_MIRROR if None
+    seed: int = 0  # seeds torch, numpy and random
+    max_steps: int = 100  # optimiser steps
+    batch_size: int = 16  # sequences per optimiser step (global, over all processes)
+    grad_accum: int = 1  # micro-batches per step; batch_size must divide by grad_accum * world size
+    tgt_len: int = 64  # tokens per training segment (language models)
+    lr: float = 2.5e-4  # peak learning rate (Adam)
+    warmup_steps: int = 0  # linear warm-up steps, then cosine decay to min_lr at max_steps
+    min_lr: float = 0.0  # learning rate at the end of the cosine
+    clip: float = 0.25  # gradient-norm clipping (0: off)
+    pretrain_steps: int | None = None  # DEQ rows: steps run as the weight-tied stack; None: the row's
+    eval_batch_size: int = 10  # streams at evaluation
+    eval_tgt_len: int = 64  # tokens per evaluation segment
+    eval_mem_len: int | None = None  # memory at evaluation; None: the row's mem_len
+    eval_every: int = 0  # validation every N steps (0: only at the end)
+    eval_max_tokens: int | None = None  # cap on validation tokens per evaluation (None: the whole split)
+    log_every: int = 1  # metrics line every N steps
+    trace_every: int = 10  # solver convergence traces every N steps (and at the first and last step)
+    checkpoint_every: int = 50  # checkpoint every N steps (and at the end)
+    copy_T: int = 400  # copy memory: the blank length T (sequence length T + 20)
+    copy_n_train: int = 20_000  # copy memory: training sequences
+    copy_n_test: int = 2_000  # copy memory: test sequences
+    bf16: bool = False  # bf16 autocast (CUDA only; ignored on CPU)
+    device: str = "auto"  # 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'
+
+    def __post_init__(self) -> None:
+        if self.model not in CONFIGS and self.model not in COPY_CONFIGS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {sorted([*CONFIGS, *COPY_CONFIGS])}")
+        _choice("preset", self.preset, PRESETS)
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        if self.dataset is not None:
+            allowed = ("copy-memory",) if self.is_copy_memory else tuple(DATASETS)
+            _choice("dataset", self.dataset, allowed)
+        for name in ("max_steps", "batch_size", "grad_accum", "tgt_len", "eval_batch_size", "eval_tgt_len",
+                     "log_every", "trace_every", "checkpoint_every", "copy_T", "copy_n_train", "copy_n_test"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_every", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("pretrain_steps", "eval_mem_len", "eval_max_tokens"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 0)
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        if self.clip < 0:
+            raise ValueError(f"clip must be >= 0, got clip={self.clip!r}")
+
+    @property
+    def is_copy_memory(self) -> bool:
+        return self.model in COPY_CONFIGS
+
+
+def _choice(name: str, value: object, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose from {list(allowed)}")
+
+
+def _at_least(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}, got {name}={value!r}")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a run's YAML; unknown keys raise ``ValueError`` naming them."""
+    with open(path) as file:
+        raw = yaml.safe_load(file) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys are {fields}")
+    if "model" not in raw:
+        raise ValueError(f"{source}: the key 'model' is required")
+    return TrainConfig(**raw)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

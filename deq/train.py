@@ -1,0 +1,344 @@
+"""Train and evaluate one row: ``python -m deq.train --config run.yaml --out runs/<name>``.
+
+The Snakemake rules call this entry point; ``torchrun --nproc_per_node N -m deq.train ...`` runs it
+data-parallel (DDP; gloo on CPU, NCCL on GPUs). The run folder receives:
+
+- ``config.yaml``: the resolved config; ``metadata.json``: git revision, versions, device, seed, times;
+- ``metrics.jsonl``: one line per logged step (fields: ``deq.engine.records.REQUIRED_METRIC_FIELDS``);
+- ``traces.jsonl``: forward/backward solver convergence traces at the first, every ``trace_every``-th
+  and the last step;
+- ``checkpoint.pt``: the latest checkpoint (atomic); a rerun with the same ``--out`` resumes from it;
+- ``result.json``: final validation and test perplexity (or copy-memory test loss) and peak memory;
+  ``embedding_state_bytes`` (word-embedding parameters, gradients and Adam moments) is what to
+  subtract from a device peak for the paper's embeddings-excluded protocol. Copy memory has no
+  validation split: its "valid" loss is on the first ``copy_n_test`` training sequences.
+
+Training: Adam, linear warm-up then cosine decay, gradient clipping, gradient accumulation, the
+DEQ pretraining switch (the first ``pretrain_steps`` as the weight-tied stack), bf16 autocast on
+CUDA. Each step's global batch of ``batch_size`` streams is split over processes, then over
+micro-batches, each with its own segment memory, so the gradient of a step does not depend on how
+it is split. A non-finite loss stops the run naming the step and the last solver residuals;
+solver non-convergence is only recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deq.engine.config import TrainConfig, load_config, to_dict
+from deq.engine.memory import MemoryMonitor
+from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, run_metadata, solver_metrics,
+                                write_metadata)
+from deq.evaluate import copy_memory_loss, perplexity
+from deq.io import atomic_write_text
+from deq.models.configs import COPY_CONFIGS, build_model, get_config, on_dataset
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of cfg.lr at a step: linear warm-up, then cosine to min_lr at max_steps."""
+    def at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return at
+
+
+# ---- the two tasks behind one interface ---------------------------------------------------------------
+
+class LanguageModelTask:
+    """Segments of B contiguous streams; position = token offset into the streams."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        from deq.data import batchify, prepare
+
+        self.row = get_config(cfg.model, cfg.preset)
+        dataset = cfg.dataset or self.row.dataset
+        if dataset != self.row.dataset:
+            self.row = on_dataset(self.row, dataset)
+        corpus = prepare(dataset, cfg.data_root, cfg.data_mirror)
+        if len(corpus.vocab) != self.row.n_token:
+            raise ValueError(f"{dataset} has {len(corpus.vocab)} words but {cfg.model} expects {self.row.n_token}")
+        self.corpus, self.cfg, self.device = corpus, cfg, device
+        streams = batchify(corpus.train, cfg.batch_size)  # (B, N)
+        per_rank = _split(cfg.batch_size, world, cfg.grad_accum)
+        self.micro = [streams[rank * per_rank:(rank + 1) * per_rank].chunk(cfg.grad_accum)]
+        self.micro = [m.to(device) for m in self.micro[0]]
+        self.length = streams.size(1) - 1
+
+    def build(self) -> nn.Module:
+        model = build_model(self.row)
+        if self.cfg.pretrain_steps is not None:
+            self.pretrain_steps = self.cfg.pretrain_steps
+        else:
+            self.pretrain_steps = self.row.pretrain_steps
+        return model
+
+    def set_step(self, model: nn.Module, step: int) -> None:
+        if self.row.driver == "deq":
+            model.set_pretraining(self.row.n_layer if step < self.pretrain_steps else None)
+
+    def batch(self, state: dict, micro: int):
+        """(inputs, targets) of one micro-batch at the state's position; advances nothing."""
+        pos = state["position"]
+        T = min(self.cfg.tgt_len, self.length - pos)
+        streams = self.micro[micro]
+        return streams[:, pos:pos + T], streams[:, pos + 1:pos + 1 + T]
+
+    def advance(self, state: dict) -> None:
+        state["position"] += self.cfg.tgt_len
+        if state["position"] >= self.length:  # a new epoch starts from the beginning, without memory
+            state["position"], state["epoch"] = 0, state["epoch"] + 1
+            state["memory"] = [None] * self.cfg.grad_accum
+
+    def loss(self, model: nn.Module, inputs, targets, memory):
+        out = model(inputs, targets, memory)
+        loss = out.loss if out.aux_loss is None else out.loss + self.row.aux_weight * out.aux_loss
+        return loss, out.loss, out.memory, out.info, inputs.numel()
+
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        tokens = getattr(self.corpus, split)
+        mem_len = self.cfg.eval_mem_len
+        return {f"{split}_ppl": perplexity(model, tokens, self.cfg.eval_batch_size, self.cfg.eval_tgt_len,
+                                           mem_len, self.cfg.eval_max_tokens if split == "valid" else None,
+                                           self.device)}
+
+    def embedding_pointers(self, model: nn.Module) -> set[int]:
+        return {p.data_ptr() for p in model.embedding.parameters()}
+
+
+class CopyMemoryTask:
+    """Shuffled fixed-length sequences; position = sample offset into this epoch's permutation."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        from deq.data import copy_memory_splits
+
+        splits = copy_memory_splits(cfg.copy_T, cfg.seed, cfg.copy_n_train, cfg.copy_n_test)
+        (self.x, self.y), (self.x_test, self.y_test) = splits["train"], splits["test"]
+        self.cfg, self.rank, self.device = cfg, rank, device
+        self.per_rank = _split(cfg.batch_size, world, cfg.grad_accum)
+        self.row, self.pretrain_steps = COPY_CONFIGS[cfg.model], 0
+
+    def build(self) -> nn.Module:
+        return self.row.build()
+
+    def set_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+
+    def batch(self, state: dict, micro: int):
+        order = self._order(state["epoch"])
+        size = self.per_rank // self.cfg.grad_accum
+        start = state["position"] + self.rank * self.per_rank + micro * size
+        idx = order[start:start + size]
+        return self.x[idx].to(self.device), self.y[idx].to(self.device)
+
+    def advance(self, state: dict) -> None:
+        state["position"] += self.cfg.batch_size
+        if state["position"] + self.cfg.batch_size > len(self.x):
+            state["position"], state["epoch"] = 0, state["epoch"] + 1
+
+    def loss(self, model: nn.Module, inputs, targets, memory):
+        logits = model(inputs)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return loss, loss, None, getattr(_unwrap(model), "info", None), inputs.numel()
+
+    def evaluate(self, model: nn.Module, split: str) -> dict:
+        x, y = (self.x_test, self.y_test) if split == "test" else (self.x[:self.cfg.copy_n_test],
+                                                                    self.y[:self.cfg.copy_n_test])
+        return {f"{split}_loss": copy_memory_loss(model, x, y, self.cfg.eval_batch_size, self.device)}
+
+    def embedding_pointers(self, model: nn.Module) -> set[int]:
+        embedding = getattr(model, "embedding", None)
+        return {p.data_ptr() for p in embedding.parameters()} if embedding is not None else set()
+
+
+def _split(batch_size: int, world: int, grad_accum: int) -> int:
+    if batch_size % (world * grad_accum):
+        raise ValueError(f"batch_size={batch_size} must divide by world size x grad_accum = {world * grad_accum}")
+    return batch_size // world
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out: Path) -> dict:
+    rank, world = distributed()
+    device = pick_device(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    task = (CopyMemoryTask if cfg.is_copy_memory else LanguageModelTask)(cfg, rank, world, device)
+    model = task.build().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    state = {"step": 0, "epoch": 0, "position": 0, "memory": [None] * cfg.grad_accum}
+
+    checkpoint_path = out / LATEST
+    if checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if len(saved["rng"]) != world:
+            raise ValueError(f"{checkpoint_path} was written by {len(saved['rng'])} processes; resume it with "
+                             f"as many, not {world}")
+        state = {**saved["state"], "memory": _to_device(saved["state"]["memory"][rank], device)}
+        set_rng_state(saved["rng"][rank])
+    ddp = world > 1
+    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
+    lead = rank == 0
+    metrics = MetricsWriter(out / "metrics.jsonl") if lead else None
+    traces = TraceWriter(out / "traces.jsonl") if lead else None
+    if lead:
+        metrics.truncate_after(state["step"])
+        traces.truncate_after(state["step"])
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        meta = run_metadata(to_dict(cfg), cfg.seed)
+        write_metadata(out / "metadata.json", meta)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
+                else nullcontext())
+    embedding = task.embedding_pointers(model)
+    # Word embeddings' parameters, gradients and both Adam moments: subtract from a device peak to
+    # get the paper's "embeddings excluded" memory (activations have their own excluded count).
+    embedding_state_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters()
+                                    if p.data_ptr() in embedding)
+
+    with MemoryMonitor() as monitor:
+        bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not lead, desc=cfg.model)
+        while state["step"] < cfg.max_steps:
+            step = state["step"] + 1
+            task.set_step(model, state["step"])
+            net.train()
+            start = time.perf_counter()
+            traced = step == 1 or step % cfg.trace_every == 0 or step == cfg.max_steps
+            total_loss, tokens, info = 0.0, 0, None
+            for micro in range(cfg.grad_accum):
+                inputs, targets = task.batch(state, micro)
+                sync = ddp and micro < cfg.grad_accum - 1
+                with (net.no_sync() if sync else nullcontext()), \
+                        (monitor.saved_activations(exclude=embedding) if traced else nullcontext()), autocast:
+                    loss, lm_loss, memory, info, n = task.loss(net, inputs, targets, state["memory"][micro])
+                    (loss / cfg.grad_accum).backward()
+                state["memory"][micro] = memory
+                total_loss += lm_loss.item() / cfg.grad_accum
+                tokens += n
+            if not math.isfinite(total_loss):
+                raise RuntimeError(f"non-finite loss {total_loss} at step {step}; last solver residuals: "
+                                   f"{solver_metrics(info)}")
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            task.advance(state)
+            state["step"] = step
+            elapsed = time.perf_counter() - start
+
+            evaluation = task.evaluate(model, "valid") if lead and cfg.eval_every and step % cfg.eval_every == 0 else {}
+            if lead and (step % cfg.log_every == 0 or step == cfg.max_steps or evaluation):
+                memory_record = {**monitor.record(), "embedding_state_bytes": embedding_state_bytes}
+                line = {"step": step, "loss": total_loss, "ppl": math.exp(min(total_loss, 50.0)), "lr": lr,
+                        "tokens_per_s": tokens * world / elapsed, "step_time_s": elapsed,
+                        **solver_metrics(info), **memory_record, **evaluation}
+                metrics.write(line)
+                bar.set_postfix(loss=f"{total_loss:.3f}", ppl=f"{line['ppl']:.1f}", it=line["fwd_iters"],
+                                tok_s=f"{line['tokens_per_s']:.0f}")
+            if lead and traced and info is not None:
+                traces.add(step, "forward", info.forward)
+                if info.backward is not None:
+                    traces.add(step, "backward", info.backward)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                _checkpoint(checkpoint_path, model, optimizer, scheduler, state, cfg, world, lead)
+            bar.update(1)
+        bar.close()
+        result = {}
+        if lead:
+            result = {**task.evaluate(model, "valid"), **task.evaluate(model, "test"), **monitor.record(),
+                      "embedding_state_bytes": embedding_state_bytes}
+            atomic_write_text(out / "result.json", json.dumps(result, indent=2))
+            write_metadata(out / "metadata.json", finish_metadata(meta))
+    if ddp:
+        dist.barrier()
+    return result
+
+
+def _to_device(memory, device):
+    if isinstance(memory, torch.Tensor):
+        return memory.to(device)
+    if isinstance(memory, (list, tuple)):
+        return type(memory)(_to_device(m, device) for m in memory)
+    return memory
+
+
+def _checkpoint(path: Path, model, optimizer, scheduler, state: dict, cfg: TrainConfig, world: int,
+                lead: bool) -> None:
+    """Each process's RNG state and segment memory are gathered, so each resumes its own; rank 0 writes."""
+    rng, memory = [rng_state()], [_to_device(state["memory"], "cpu")]
+    if world > 1:
+        rng, memory = [None] * world, [None] * world
+        dist.all_gather_object(rng, rng_state())
+        dist.all_gather_object(memory, _to_device(state["memory"], "cpu"))
+    if lead:
+        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "rng": rng, "config": to_dict(cfg),
+                               "state": {**state, "memory": memory}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deq.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="the run's YAML (keys: deq.engine.config)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder; an existing checkpoint resumes")
+    args = parser.parse_args(argv)
+    result = train(load_config(args.config), args.out)
+    if result:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
