@@ -1,0 +1,134 @@
+"""Memory benchmarks at smoke scale: the DEQ's activations do not grow with its iteration cap, the
+explicit stack's grow linearly with depth, and the protocol table has one well-formed row per paper row."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from deq.bench import memory
+from deq.models.configs import CONFIGS
+
+PROTOCOL_COLUMNS = ("name", "driver", "scale", "scale_reason", "method", "activation_bytes", "driver_activation_bytes",
+                    "fwd_buffer_bytes", "bwd_buffer_bytes", "param_state_bytes", "total_bytes", "memory_bytes",
+                    "rss_peak_bytes", "nvml", "nvml_reason", "paper_memory_gb", "deq", "reduction",
+                    "driver_reduction", "paper_reduction")
+BYTE_COLUMNS = ("activation_bytes", "driver_activation_bytes", "fwd_buffer_bytes", "bwd_buffer_bytes",
+                "param_state_bytes", "total_bytes", "memory_bytes", "rss_peak_bytes")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Smoke-sized ops are all thread synchronisation: with another process busy on a 2-core machine,
+    # two threads run them ten times slower than one. The measured bytes do not depend on threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def depth_rows(one_thread):
+    return memory.run_depth_benchmark("smoke")
+
+
+@pytest.fixture(scope="module")
+def protocol_rows(one_thread, tmp_path_factory):
+    out = tmp_path_factory.mktemp("memory")
+    rows = memory.run_memory_benchmark("smoke", out / "memory.csv", out / "memory.md")
+    return rows, out
+
+
+def _by(rows, family, model):
+    return {r["depth"]: r for r in rows if r["family"] == family and r["model"] == model}
+
+
+@pytest.mark.parametrize("family", sorted(memory.DEPTH_ROWS))
+@pytest.mark.parametrize("variant", sorted(memory.DEQ_VARIANTS))
+def test_deq_activation_memory_is_flat_in_the_iteration_cap(depth_rows, family, variant):
+    # The paper's claim: the forward solve runs without a graph and the implicit backward keeps one
+    # f(z*), so the bytes saved for backward cannot depend on how many iterations the solve took.
+    by = _by(depth_rows, family, f"deq-{variant}")
+    saved = [by[cap]["activation_bytes"] for cap in memory.DEPTHS if cap >= 8]
+    assert max(saved) <= 1.05 * min(saved), saved
+    # ... and the caps were really used (the tolerance is unreachable), else flatness would be trivial.
+    assert all(r["fwd_iters"] == r["depth"] for r in by.values())
+
+
+@pytest.mark.parametrize("family", sorted(memory.DEPTH_ROWS))
+def test_explicit_activation_memory_grows_linearly_with_depth(depth_rows, family):
+    # Backprop through a weight-tied stack keeps every layer's activations: the same bytes per layer
+    # at every depth (so the DEQ's flat line is a real difference, not a measuring artefact).
+    by = _by(depth_rows, family, "explicit")
+    per_layer = [(by[b]["activation_bytes"] - by[a]["activation_bytes"]) / (b - a)
+                 for a, b in zip(memory.DEPTHS, memory.DEPTHS[1:])]
+    assert min(per_layer) > 0 and max(per_layer) <= 1.05 * min(per_layer), per_layer
+
+
+def test_full_history_broyden_buffers_grow_with_the_cap_and_bounded_ones_do_not(depth_rows):
+    # Broyden keeps U, V (B, m, d) with m = max_iter by default: linear in the cap; m = 8 caps it.
+    full, bounded = _by(depth_rows, "transformer", "deq-broyden"), _by(depth_rows, "transformer", "deq-broyden-m8")
+    assert full[64]["fwd_buffer_bytes"] > 7 * full[8]["fwd_buffer_bytes"]
+    assert bounded[64]["fwd_buffer_bytes"] == bounded[8]["fwd_buffer_bytes"]
+
+
+def test_protocol_table_has_one_row_per_paper_row_with_the_documented_columns(protocol_rows):
+    # The table is the Tables 2-3 memory column: every registered row, in order, nothing else.
+    rows, out = protocol_rows
+    assert [r["name"] for r in rows] == list(CONFIGS)
+    for row in rows:
+        missing = [c for c in PROTOCOL_COLUMNS if c not in row]
+        assert not missing, (row["name"], missing)
+    assert (out / "memory.csv").read_text().splitlines()[0].split(",")[: 2] == ["name", "paper_table"]
+    assert "| DEQ | vs explicit |" in (out / "memory.md").read_text()
+
+
+def test_protocol_numbers_are_non_negative_and_the_method_is_named(protocol_rows):
+    # Byte counts are sizes; a negative one would mean the embedding was subtracted twice.
+    rows, _ = protocol_rows
+    for row in rows:
+        for column in BYTE_COLUMNS:
+            assert row[column] is not None and row[column] >= 0, (row["name"], column, row[column])
+        assert row["method"] in ("cpu-accounted", "cuda-max-allocated")
+        assert row["scale"] and row["scale_reason"]
+
+
+def test_reductions_are_fractions_where_defined(protocol_rows):
+    # 1 - DEQ / explicit for each explicit counterpart: the DEQ uses less, and not nothing.
+    rows, _ = protocol_rows
+    explicit = [r for r in rows if r["driver"] != "deq"]
+    assert {r["deq"] for r in explicit} == set(memory.PAIRS)
+    for row in explicit:
+        for column in ("reduction", "driver_reduction", "paper_reduction"):
+            assert 0 < row[column] < 1, (row["name"], column, row[column])
+    for row in rows:
+        if row["driver"] == "deq":
+            assert row["reduction"] is None and row["counterparts"]
+            assert row["fwd_iters"] >= 1 and row["bwd_iters"] >= 1
+
+
+def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
+    # Without CUDA NVML is never needed: the rows say why it is missing instead of raising, even
+    # when the NVML bindings themselves are broken.
+    rows, _ = protocol_rows
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: NVML is in use")
+    assert all(r["nvml"] is False and r["nvml_reason"] for r in rows)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # importing it now raises ImportError
+    row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", memory.Scale("smoke", False, 8, 2)),
+                             memory.Scale("smoke", False, 8, 2), steps=1, device="cpu")
+    assert row["nvml"] is False and math.isfinite(row["memory_bytes"])
+
+
+def test_solver_buffers_follow_the_solvers_allocations():
+    # Anderson: dG, dS (m each), the 2-row probe and the best iterate, plus the float64 Gram matrix;
+    # Broyden: U, V with m = max_iter unless given, plus the best iterate.
+    B, d = 3, 10
+    assert memory.solver_buffer_bytes("anderson", 30, {}, B, d) == (2 * 6 + 2 + 1) * B * d * 4 + B * 36 * 8
+    assert memory.solver_buffer_bytes("broyden", 30, {}, B, d) == (2 * 30 + 1) * B * d * 4
+    assert memory.solver_buffer_bytes("broyden", 30, {"m": 8}, B, d) == (2 * 8 + 1) * B * d * 4
+    with pytest.raises(ValueError, match="unknown solver 'andersen'"):
+        memory.solver_buffer_bytes("andersen", 30, {}, B, d)
