@@ -8,7 +8,7 @@ CORES  ?= 2
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run test bench clean
+.PHONY: run test bench gpu-bench clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES) all --config preset=$(PRESET)
@@ -18,6 +18,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench solvers --preset $(PRESET)
+
+# One-shot GPU measurement (about 8 minutes on one H100/H200); commit its folder afterwards.
+GPU_OUT ?= results/reference/$(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '-' || echo gpu)
+gpu-bench: $(VENV)/.installed
+	$(VENV)/bin/python -m deq.bench.gpu --out "$(GPU_OUT)"
 
 # The first pip line prefers a torch wheel already provided locally (a site wheelhouse via pip's
 # find-links), so a CPU-only machine does not pull a multi-GB CUDA build; without one, it fails

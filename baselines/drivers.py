@@ -4,8 +4,8 @@ Both take the same cells as the DEQ (``deq.models``) and return the same
 :class:`deq.models.drivers.DriverOutput`; this module never defines a cell.
 
 - :class:`WeightTiedDriver`: one cell applied ``n_layer`` times from z = 0 with ordinary backprop
-  (optionally with ``torch.utils.checkpoint`` per layer, and auxiliary readouts every ``aux_every``
-  layers for TrellisNet's auxiliary loss). Its memory is the final state, as for the DEQ.
+  (optionally with ``torch.utils.checkpoint`` per layer, and, in training, auxiliary readouts every
+  ``aux_every`` layers for TrellisNet's auxiliary loss). Its memory is the final state, as for the DEQ.
 - :class:`UntiedStackDriver`: ``n_layer`` independent cells, Transformer-XL style: layer l's memory
   holds the previous segment's inputs to layer l, and every layer receives its own input injection.
 """
@@ -57,7 +57,7 @@ class WeightTiedDriver(nn.Module):
                 trace.nfe += 1
                 trace.record(z.detach().flatten(1), fz.detach().flatten(1))
                 z = fz
-                if self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
+                if self.training and self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
                     aux.append(self.cell.readout(z))
             h = self.cell.readout(z)
         next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)

@@ -34,13 +34,15 @@ class SolverSettings:
     eval_tol: float = 1e-3  # forward tolerance at evaluation (may differ from training)
     eval_max_iter: int = 30  # forward cap at evaluation
     solver_options: dict = field(default_factory=dict)  # extra options of the forward solvers (m, lam, ...)
+    backward_options: dict = field(default_factory=dict)  # options of the backward solver (e.g. m, its history)
 
     def __post_init__(self) -> None:
         if self.backward not in deq.BACKWARDS:
             raise ValueError(f"unknown backward {self.backward!r}; choose from {list(deq.BACKWARDS)}")
         check_solver_args(self.solver, self.tol, self.max_iter, self.stop_mode, self.solver_options)
         check_solver_args(self.eval_solver, self.eval_tol, self.eval_max_iter, self.stop_mode, self.solver_options)
-        check_solver_args(self.backward_solver, self.backward_tol, self.backward_max_iter, self.stop_mode, {})
+        check_solver_args(self.backward_solver, self.backward_tol, self.backward_max_iter, self.stop_mode,
+                          self.backward_options)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class DEQDriver(nn.Module):
             z, info = deq.equilibrium(
                 lambda z: self.cell(z, injection, memory), z0, **solve, stop_mode=s.stop_mode,
                 backward=backward, backward_solver=s.backward_solver, backward_tol=s.backward_tol,
-                backward_max_iter=s.backward_max_iter, **s.solver_options)
+                backward_max_iter=s.backward_max_iter, backward_options=s.backward_options, **s.solver_options)
             h = self.cell.readout(z)
         next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
         return DriverOutput(h, z, next_memory, info)
