@@ -102,17 +102,13 @@ class LanguageModelTask:
         self.corpus, self.cfg, self.device = corpus, cfg, device
         streams = batchify(corpus.train, cfg.batch_size)  # (B, N)
         per_rank = _split(cfg.batch_size, world, cfg.grad_accum)
-        self.micro = [streams[rank * per_rank:(rank + 1) * per_rank].chunk(cfg.grad_accum)]
-        self.micro = [m.to(device) for m in self.micro[0]]
+        rows = streams[rank * per_rank:(rank + 1) * per_rank]  # this process's streams
+        self.micro = [m.to(device) for m in rows.chunk(cfg.grad_accum)]  # one group per micro-batch
         self.length = streams.size(1) - 1
+        self.pretrain_steps = self.row.pretrain_steps if cfg.pretrain_steps is None else cfg.pretrain_steps
 
     def build(self) -> nn.Module:
-        model = build_model(self.row)
-        if self.cfg.pretrain_steps is not None:
-            self.pretrain_steps = self.cfg.pretrain_steps
-        else:
-            self.pretrain_steps = self.row.pretrain_steps
-        return model
+        return build_model(self.row)
 
     def set_step(self, model: nn.Module, step: int) -> None:
         if self.row.driver == "deq":

@@ -101,9 +101,10 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
 
 
 def deq_buffer_bytes(settings: SolverSettings, batch: int, d: int) -> tuple[int, int]:
-    """(forward, backward) solver buffers of a DEQ training step; the backward gets no options."""
+    """(forward, backward) solver buffers of a DEQ training step, each with its own solver options."""
     forward = solver_buffer_bytes(settings.solver, settings.max_iter, settings.solver_options, batch, d)
-    backward = (solver_buffer_bytes(settings.backward_solver, settings.backward_max_iter, {}, batch, d)
+    backward = (solver_buffer_bytes(settings.backward_solver, settings.backward_max_iter,
+                                    settings.backward_options, batch, d)
                 if settings.backward == "implicit" else 0)
     return forward, backward
 
@@ -503,7 +504,7 @@ def measure_depth(family: str, preset: str) -> list[dict]:
         memory = WeightTiedDriver(cell, 1, row.mem_len)(torch.randn_like(x)).memory
     param_state = 4 * sum(p.numel() * p.element_size() for p in cell.parameters())  # weights, grads, Adam m, v
     d = T * cell.d_state
-    # The backward with a bounded history, which SolverSettings cannot ask for yet: computed, not run.
+    # The backward with a bounded history (SolverSettings.backward_options): computed, not run.
     bwd_bounded = solver_buffer_bytes(row.solver.backward_solver, row.solver.backward_max_iter,
                                       {"m": BACKWARD_HISTORY}, B, d)
     rows = []
