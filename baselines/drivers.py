@@ -54,8 +54,7 @@ class WeightTiedDriver(nn.Module):
                     fz = checkpoint(self.cell, z, injection, memory, use_reentrant=False)
                 else:
                     fz = self.cell(z, injection, memory)
-                trace.nfe += 1
-                trace.record(z.detach().flatten(1), fz.detach().flatten(1))
+                trace.observe(z, fz)
                 z = fz
                 if self.training and self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
                     aux.append(self.cell.readout(z))

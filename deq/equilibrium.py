@@ -105,8 +105,7 @@ def _unrolled(f: Function, z0: torch.Tensor, *, tol: float, max_iter: int,
     z = z0
     for _ in range(max_iter):
         fz = f(z)
-        trace.nfe += 1
-        trace.record(z.detach().flatten(1), fz.detach().flatten(1))
+        trace.observe(z, fz)
         z = fz
     _, stats = trace.finish()
     return z, EquilibriumInfo(forward=stats, backward_mode="unrolled")

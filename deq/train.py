@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deq.engine.config import TrainConfig, load_config, to_dict
-from deq.engine.memory import MemoryMonitor
+from deq.engine.memory import MemoryMonitor, adam_state_bytes
 from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, run_metadata, solver_metrics,
                                 write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
@@ -241,8 +241,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     embedding = task.embedding_pointers(model)
     # Word embeddings' parameters, gradients and both Adam moments: subtract from a device peak to
     # get the paper's "embeddings excluded" memory (activations have their own excluded count).
-    embedding_state_bytes = 4 * sum(p.numel() * p.element_size() for p in model.parameters()
-                                    if p.data_ptr() in embedding)
+    embedding_state_bytes = adam_state_bytes(p for p in model.parameters() if p.data_ptr() in embedding)
 
     with MemoryMonitor() as monitor:
         bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not lead, desc=cfg.model)

@@ -13,22 +13,15 @@ from baselines.copy_memory import (
     build_copy_memory_model,
     count_parameters,
 )
+from deq.data import make_copy_memory
 
 MODELS = sorted(PAPER_CONFIGS)
 N_CLASSES = 10
 
 
 def copy_memory_batch(T: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PAPER.md's task: x = 10 digits in 1..8, T-1 zeros, a 9, 10 zeros; y = T+10 zeros, the 10 digits."""
-    g = torch.Generator().manual_seed(seed)
-    digits = torch.randint(1, 9, (batch, 10), generator=g)  # (B, 10)
-
-    def zeros(n: int) -> torch.Tensor:  # (B, n)
-        return torch.zeros(batch, n, dtype=torch.long)
-
-    x = torch.cat([digits, zeros(T - 1), torch.full((batch, 1), 9), zeros(10)], dim=1)  # (B, T+20)
-    y = torch.cat([zeros(T + 10), digits], dim=1)  # (B, T+20)
-    return x, y
+    """PAPER.md's task, from the data stage's generator: (x, y), each (batch, T+20)."""
+    return make_copy_memory(batch, T, seed)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from deq.engine.memory import adam_state_bytes
 from deq.io import atomic_write_text
 
 # Tokens per second (c): the non-adaptive and the adaptive (released) DEQ-Transformer medium rows.
@@ -157,7 +158,7 @@ def memory_of_row(cfg, scale: Scale, build_model, zipf_batch, MemoryMonitor) -> 
         model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     embedding = {p.data_ptr() for p in model.embedding.parameters()}
-    embedding_state = 4 * sum(p.numel() * p.element_size() for p in model.embedding.parameters())
+    embedding_state = adam_state_bytes(model.embedding.parameters())
     aux_weight = cfg.aux_weight
     batches = [tuple(t.to(scale.device) for t in zipf_batch(cfg.n_token, scale.batch, scale.seq_len,
                                                               torch.Generator().manual_seed(i))) for i in range(2)]

@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 from baselines.drivers import WeightTiedDriver
-from deq.engine.memory import MemoryMonitor, SavedActivations, device_name
+from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
 from deq.io import atomic_write_text
 from deq.models.configs import CONFIGS, LMConfig, build_cell, build_model, get_config
 from deq.models.drivers import DEQDriver, SolverSettings
@@ -283,7 +283,7 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     embedding = {p.data_ptr() for p in model.embedding.parameters()}
-    embedding_state = 4 * sum(p.numel() * p.element_size() for p in model.embedding.parameters())
+    embedding_state = adam_state_bytes(model.embedding.parameters())
     tokens = zipf_tokens(cfg.n_token, (steps, scale.batch, scale.seq_len + 1)).to(device)
     counter = _SplitCounter(exclude=embedding)
     hooks = [model.driver.register_forward_pre_hook(lambda *_: setattr(counter, "inside", True)),
@@ -502,7 +502,7 @@ def measure_depth(family: str, preset: str) -> list[dict]:
     x, readout = torch.randn(B, T, row.d_model, device=device), torch.randn(B, T, cell.d_out, device=device)
     with torch.no_grad():  # a previous segment's memory, as in training
         memory = WeightTiedDriver(cell, 1, row.mem_len)(torch.randn_like(x)).memory
-    param_state = 4 * sum(p.numel() * p.element_size() for p in cell.parameters())  # weights, grads, Adam m, v
+    param_state = adam_state_bytes(cell.parameters())
     d = T * cell.d_state
     # The backward with a bounded history (SolverSettings.backward_options): computed, not run.
     bwd_bounded = solver_buffer_bytes(row.solver.backward_solver, row.solver.backward_max_iter,

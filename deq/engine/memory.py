@@ -343,3 +343,8 @@ class MemoryMonitor:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+
+
+def adam_state_bytes(params: Iterable[torch.Tensor]) -> int:
+    """Bytes a training step holds per parameter under Adam: the weight, its gradient and two moments."""
+    return 4 * sum(p.numel() * p.element_size() for p in params)

@@ -91,6 +91,11 @@ class Trace:
         fz = self.call(z)
         return fz, self.record(z, fz)
 
+    def observe(self, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Log f(z) = fz evaluated by the caller (an explicit layer, graph kept): counted and recorded."""
+        self.nfe += 1
+        self.record(z.detach().flatten(1), fz.detach().flatten(1))
+
     def record(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
         """Log iterate ``z`` with ``fz = f(z)``; return its residual vector g = f(z) - z (B, d)."""
         g = fz - z
