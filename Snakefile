@@ -1,4 +1,10 @@
-# deq-harness workflow: the table of contents. Stages live in workflow/rules/, one file each.
+# deq-harness workflow: the table of contents. Stages live in workflow/rules/, one file each;
+# the study (which runs, with what budgets) is deq/study.py; every key of the config is explained
+# in config/README.md.
+#
+#   snakemake --cores 8 all                 the whole study at the configured preset
+#   snakemake --cores 2 results/table1.csv  one table (and only what it needs)
+#   snakemake --report results/report.html  the report, after a run
 import os
 
 from snakemake.utils import min_version, validate
@@ -13,10 +19,18 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
     input:
-        "results/benchmarks/solvers.csv",
-        "results/benchmarks/solvers.md",
+        expand("results/table{n}.csv", n=(1, 2, 3, 4)),
+        "results/tables.md",
+        [bench_output(name) for name in BENCHMARKS],
+        [figure_files(stem) for stem in FIGURES],
+    default_target: True

@@ -1,8 +1,16 @@
-"""Evaluation: perplexity over a whole token stream with the memory carried, and copy-memory loss."""
+"""Evaluation: perplexity over a whole token stream with the memory carried, and copy-memory loss.
+
+Also what the workflow's evaluate stage asks of a trained run (:func:`load_run`): the residual of the
+DEQ's solver and of the weight-tied stack against function evaluations (:func:`convergence_curve`,
+the paper's Figure 2) and validation perplexity as the forward tolerance or cap varies
+(:func:`solver_sweep`, Figure 3).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,12 +19,13 @@ from torch import nn
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: int, mem_len: int | None = None,
-               max_tokens: int | None = None, device: torch.device | str = "cpu") -> float:
+               max_tokens: int | None = None, device: torch.device | str = "cpu", infos: list | None = None) -> float:
     """exp of the token-weighted mean loss over ``tokens`` (or its first ``max_tokens``).
 
     The stream is cut into ``batch_size`` contiguous streams and read in segments of ``tgt_len``,
     the segment memory carried from one to the next (``mem_len`` overrides the model's own), in eval
-    mode, so the model's evaluation solver settings apply.
+    mode, so the model's evaluation solver settings apply. ``infos``, if given, receives each
+    segment's solver record.
     """
     from deq.data import batchify
 
@@ -38,6 +47,8 @@ def perplexity(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: i
             total += out.nll.sum().item()
             count += targets.numel()
             memory = out.memory
+            if infos is not None:
+                infos.append(out.info)
     finally:
         driver.mem_len = saved_mem_len
         model.train(was_training)
@@ -61,3 +72,70 @@ def copy_memory_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
     finally:
         model.train(was_training)
     return total / count
+
+
+# ---- the workflow's evaluate stage: a trained run, its convergence and its solver sweep ----------------
+
+def load_run(run_dir: str | Path, checkpoint: str = "checkpoint.pt"):
+    """(model in eval mode, TrainConfig, LMConfig row) of a language-model run folder's checkpoint."""
+    from deq.engine.checkpoint import load_checkpoint
+    from deq.engine.config import config_from_dict, lm_row
+    from deq.models.configs import build_model
+
+    saved = load_checkpoint(Path(run_dir) / checkpoint)
+    cfg = config_from_dict(saved["config"], source=str(Path(run_dir) / checkpoint))
+    row = lm_row(cfg)
+    model = build_model(row)
+    model.load_state_dict(saved["model"])
+    return model.eval(), cfg, row, saved["state"]["step"]
+
+
+@torch.no_grad()
+def convergence_curve(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, n_evals: int) -> dict:
+    """Residuals of ``n_evals`` function evaluations on one segment (no memory), mean over the batch.
+
+    A DEQ runs its training forward solver with an unreachable tolerance and cap ``n_evals``; a
+    weight-tied stack is applied ``n_evals`` times (its trace is ||f(z_l) - z_l|| per layer). Returns
+    lists ``rel_residual`` and ``abs_residual`` of length ``n_evals`` (fewer if a solver stops early on
+    an exact fixed point).
+    """
+    from deq.models.drivers import DEQDriver
+
+    driver = model.driver
+    saved = (driver.settings, None) if isinstance(driver, DEQDriver) else (None, driver.n_layer)
+    if isinstance(driver, DEQDriver):
+        s = driver.settings
+        driver.settings = replace(s, eval_solver=s.solver, eval_tol=1e-30, eval_max_iter=n_evals)
+    elif hasattr(driver, "n_layer"):
+        driver.n_layer = n_evals
+    else:
+        raise TypeError(f"convergence needs a DEQ or weight-tied driver, got {type(driver).__name__}")
+    try:
+        out = model(inputs, targets)
+    finally:
+        if saved[0] is not None:
+            driver.settings = saved[0]
+        else:
+            driver.n_layer = saved[1]
+    stats = out.info.forward
+    return {"rel_residual": stats.rel_trace.mean(1).tolist(), "abs_residual": stats.abs_trace.mean(1).tolist()}
+
+
+def solver_sweep(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: int, tols, caps,
+                 max_tokens: int | None = None, device: torch.device | str = "cpu") -> list[dict]:
+    """Validation perplexity of a trained DEQ at each forward tolerance (cap: the row's evaluation cap)
+    and at each cap (tolerance: the row's evaluation tolerance); one dict per point."""
+    driver, rows = model.driver, []
+    base = driver.settings
+    points = [("tol", tol, base.eval_max_iter) for tol in tols] + [("max_iter", base.eval_tol, cap) for cap in caps]
+    try:
+        for sweep, tol, cap in points:
+            driver.settings = replace(base, eval_tol=tol, eval_max_iter=cap)
+            infos: list = []
+            ppl = perplexity(model, tokens, batch_size, tgt_len, max_tokens=max_tokens, device=device, infos=infos)
+            rows.append({"sweep": sweep, "tol": tol, "max_iter": cap, "valid_ppl": ppl,
+                         "mean_nfe": float(np.mean([info.forward.nfe for info in infos])),
+                         "tokens": min(len(tokens) - 1, max_tokens or len(tokens))})
+    finally:
+        driver.settings = base
+    return rows

@@ -26,3 +26,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def log_to(path: str | Path) -> None:
+    """Send this process's stdout and stderr (a traceback too) to ``path``: the first line of every
+    workflow script, with the rule's ``log:`` file. The file stays open until the process exits."""
+    import sys
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout = sys.stderr = open(path, "w", buffering=1)

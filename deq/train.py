@@ -7,7 +7,8 @@ data-parallel (DDP; gloo on CPU, NCCL on GPUs). The run folder receives:
 - ``metrics.jsonl``: one line per logged step (fields: ``deq.engine.records.REQUIRED_METRIC_FIELDS``);
 - ``traces.jsonl``: forward/backward solver convergence traces at the first, every ``trace_every``-th
   and the last step;
-- ``checkpoint.pt``: the latest checkpoint (atomic); a rerun with the same ``--out`` resumes from it;
+- ``checkpoint.pt``: the latest checkpoint (atomic); a rerun with the same ``--out`` resumes from it (and
+  refuses, naming the keys, if the config changed); ``checkpoint-step<N>.pt``: copies kept at ``keep_steps``;
 - ``result.json``: final validation and test perplexity (or copy-memory test loss) and peak memory;
   ``embedding_state_bytes`` (word-embedding parameters, gradients and Adam moments) is what to
   subtract from a device peak for the paper's embeddings-excluded protocol. Copy memory has no
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,13 +42,13 @@ from torch import nn
 from tqdm import tqdm
 
 from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from deq.engine.config import TrainConfig, load_config, to_dict
+from deq.engine.config import TrainConfig, lm_row, load_config, to_dict
 from deq.engine.memory import MemoryMonitor, adam_state_bytes
 from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, run_metadata, solver_metrics,
                                 write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
 from deq.io import atomic_write_text
-from deq.models.configs import COPY_CONFIGS, build_model, get_config, on_dataset
+from deq.models.configs import COPY_CONFIGS, build_model
 
 
 # ---- setup ------------------------------------------------------------------------------------------
@@ -92,10 +94,8 @@ class LanguageModelTask:
     def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
         from deq.data import batchify, prepare
 
-        self.row = get_config(cfg.model, cfg.preset)
-        dataset = cfg.dataset or self.row.dataset
-        if dataset != self.row.dataset:
-            self.row = on_dataset(self.row, dataset)
+        self.row = lm_row(cfg)
+        dataset = self.row.dataset
         corpus = prepare(dataset, cfg.data_root, cfg.data_mirror)
         if len(corpus.vocab) != self.row.n_token:
             raise ValueError(f"{dataset} has {len(corpus.vocab)} words but {cfg.model} expects {self.row.n_token}")
@@ -134,10 +134,10 @@ class LanguageModelTask:
 
     def evaluate(self, model: nn.Module, split: str) -> dict:
         tokens = getattr(self.corpus, split)
-        mem_len = self.cfg.eval_mem_len
-        return {f"{split}_ppl": perplexity(model, tokens, self.cfg.eval_batch_size, self.cfg.eval_tgt_len,
-                                           mem_len, self.cfg.eval_max_tokens if split == "valid" else None,
-                                           self.device)}
+        cap = self.cfg.eval_max_tokens if split == "valid" else self.cfg.test_max_tokens
+        ppl = perplexity(model, tokens, self.cfg.eval_batch_size, self.cfg.eval_tgt_len, self.cfg.eval_mem_len, cap,
+                         self.device)
+        return {f"{split}_ppl": ppl, f"{split}_tokens": min(len(tokens) - 1, cap or len(tokens))}
 
     def embedding_pointers(self, model: nn.Module) -> set[int]:
         return {p.data_ptr() for p in model.embedding.parameters()}
@@ -217,6 +217,10 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     checkpoint_path = out / LATEST
     if checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
+        changed = sorted(k for k, v in to_dict(cfg).items() if _plain(saved["config"].get(k)) != _plain(v))
+        if changed:
+            raise ValueError(f"{checkpoint_path} was written with a different config (keys {changed} differ); "
+                             f"restore that config to resume, or remove {out} to start over")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -288,19 +292,36 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                 traces.add(step, "forward", info.forward)
                 if info.backward is not None:
                     traces.add(step, "backward", info.backward)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or step in cfg.keep_steps:
                 _checkpoint(checkpoint_path, model, optimizer, scheduler, state, cfg, world, lead)
+                if lead and step in cfg.keep_steps:
+                    keep_copy(checkpoint_path, out / f"checkpoint-step{step}.pt")
             bar.update(1)
         bar.close()
         result = {}
         if lead:
+            n_params = sum(p.numel() for p in model.parameters())
+            n_embedding = sum(p.numel() for p in model.parameters() if p.data_ptr() in embedding)
             result = {**task.evaluate(model, "valid"), **task.evaluate(model, "test"), **monitor.record(),
-                      "embedding_state_bytes": embedding_state_bytes}
+                      "embedding_state_bytes": embedding_state_bytes, "params": n_params,
+                      "params_nonembedding": n_params - n_embedding, "steps": state["step"]}
             atomic_write_text(out / "result.json", json.dumps(result, indent=2))
             write_metadata(out / "metadata.json", finish_metadata(meta))
     if ddp:
         dist.barrier()
     return result
+
+
+def _plain(value):
+    """Tuples as lists, so a config read back from a checkpoint compares equal to the one in memory."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """Copy a checkpoint to ``target`` through a temporary file: never a half-written copy."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _to_device(memory, device):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from deq.models.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS
+from deq.models.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS, LMConfig, get_config, on_dataset
 
 RUN_DATASETS = (*DATASETS, "copy-memory")
 
@@ -41,9 +41,11 @@ class TrainConfig:
     eval_mem_len: int | None = None  # memory at evaluation; None: the row's mem_len
     eval_every: int = 0  # validation every N steps (0: only at the end)
     eval_max_tokens: int | None = None  # cap on validation tokens per evaluation (None: the whole split)
+    test_max_tokens: int | None = None  # cap on test tokens (None: the whole split, the paper's metric)
     log_every: int = 1  # metrics line every N steps
     trace_every: int = 10  # solver convergence traces every N steps (and at the first and last step)
     checkpoint_every: int = 50  # checkpoint every N steps (and at the end)
+    keep_steps: tuple[int, ...] = ()  # steps whose checkpoint is also kept as checkpoint-step<N>.pt
     copy_T: int = 400  # copy memory: the blank length T (sequence length T + 20)
     copy_n_train: int = 20_000  # copy memory: training sequences
     copy_n_test: int = 2_000  # copy memory: test sequences
@@ -63,9 +65,14 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_every", "seed"):
             _at_least(name, getattr(self, name), 0)
-        for name in ("pretrain_steps", "eval_mem_len", "eval_max_tokens"):
+        for name in ("pretrain_steps", "eval_mem_len", "eval_max_tokens", "test_max_tokens"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0)
+        if not isinstance(self.keep_steps, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.max_steps for s in self.keep_steps):
+            raise ValueError(f"keep_steps must be a list of steps in [1, max_steps={self.max_steps}], "
+                             f"got keep_steps={self.keep_steps!r}")
+        object.__setattr__(self, "keep_steps", tuple(self.keep_steps))  # YAML gives a list
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
         if self.clip < 0:
@@ -103,6 +110,13 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
     if "model" not in raw:
         raise ValueError(f"{source}: the key 'model' is required")
     return TrainConfig(**raw)
+
+
+def lm_row(cfg: TrainConfig) -> LMConfig:
+    """The language-model row a run trains: the named row at its preset, on the run's corpus."""
+    row = get_config(cfg.model, cfg.preset)
+    dataset = cfg.dataset or row.dataset
+    return row if dataset == row.dataset else on_dataset(row, dataset)
 
 
 def to_dict(cfg: TrainConfig) -> dict:

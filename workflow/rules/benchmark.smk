@@ -1,22 +1,28 @@
-# Solver benchmark: every solver in deq.SOLVERS (and the torchdeq reference) on the same problems.
+# Benchmarks (deq/bench): solvers, memory at the paper's protocol, memory vs depth, runtime ratios.
+# Each takes every core, so that nothing else runs beside it while it times.
 
 
-rule bench_solvers:
+rule benchmark:
     output:
-        csv="results/benchmarks/solvers.csv",
+        csv=f"results/benchmarks/{PRESET}/{{name}}.csv",
         md=report(
-            "results/benchmarks/solvers.md",
-            caption="../report/bench_solvers.rst",
+            f"results/benchmarks/{PRESET}/{{name}}.md",
+            caption="../report/benchmark.rst",
             category="Benchmarks",
+            labels={"benchmark": "{name}"},
         ),
     log:
-        "results/logs/bench_solvers.log",
+        f"results/logs/benchmark/{PRESET}/{{name}}.log",
     benchmark:
-        "results/benchmarks/bench_solvers.time.tsv"
+        f"results/benchmarks/{PRESET}/rules/benchmark/{{name}}.tsv"
     params:
-        preset=preset(),
-    threads: 2
+        preset=PRESET,
+    wildcard_constraints:
+        name="|".join(BENCHMARKS),
+    threads: all_cores()
+    resources:
+        gpu=GPUS_PER_RUN and 1,
     conda:
         "../envs/deq.yaml"
     script:
-        "../scripts/bench_solvers.py"
+        "../scripts/benchmark.py"

@@ -1,0 +1,197 @@
+"""The paper's Tables 1-4, measured, with the paper's values beside ours.
+
+:func:`write_tables` reads what the runs and benchmarks wrote and writes ``table1.csv`` ...
+``table4.csv`` and ``tables.md``. Every number comes from a file a rule made; the paper's numbers
+come from the model registry (:mod:`deq.models.paper_configs`, :data:`deq.models.configs.COPY_CONFIGS`)
+and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the paper's order):
+
+- ``model``: the paper's row name (registry key); ``preset``: the study's preset; ``dataset``: the
+  corpus it trained on (small presets train WikiText-2 in place of WikiText-103, and say so here);
+- ``params``: parameters of the model as built (measured); ``paper_params``: as printed in the paper;
+  ``nonembedding_params``: ``params`` less the word embedding (tied with the softmax);
+  ``paper_nonembedding_params``;
+- ``metric``: ``test loss`` (Table 1: mean cross-entropy per position) or ``test perplexity``;
+  ``value``: measured; ``paper_value``; ``test_tokens``: tokens (or positions) it was measured on;
+  ``steps``: optimiser steps trained;
+- ``peak_memory_mb``: peak training memory in MB (10^6 bytes), embeddings excluded, at the paper's
+  protocol (sequence 150, batch 15) where the memory benchmark ran the row, or at the largest scale
+  that fitted (``memory_scale``); ``memory_method`` names how it was measured (``cuda-max-allocated``,
+  ``cpu-accounted``: saved activations + solver buffers + parameter state, see
+  :mod:`deq.bench.memory`); Table 1 has no paper protocol, so it gives the training run's saved
+  activations (``memory_method`` says so);
+- ``paper_memory_gb``; ``memory_reduction``: for an explicit row, 1 - DEQ / this row, the DEQ being
+  ``deq_counterpart`` measured at the same scale; ``paper_memory_reduction``: the same from the paper;
+- ``device``: where the run trained.
+
+Table 4 (``table4.csv``): one row per (pair, phase): ``deq_model``, ``explicit_model``, ``phase``
+('train' or 'infer'), ``ratio`` (DEQ time / explicit time, median of interleaved rounds),
+``ratio_q1``, ``ratio_q3``, ``matched_ratio`` (the DEQ capped at the explicit depth's number of
+function evaluations), ``paper_ratio``, ``goal`` (the project's target), ``device``, ``preset``,
+``tokens`` (batch x segment length timed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from deq.io import atomic_write_text
+from deq.models.configs import COPY_CONFIGS, CONFIGS
+
+TABLE_TITLES = {
+    1: "Table 1: copy memory (T = 400 at the paper's definition)",
+    2: "Table 2: word-level Penn Treebank",
+    3: "Table 3: WikiText-103",
+    4: "Table 4: runtime, DEQ time / explicit time (> 1: the DEQ is slower)",
+}
+MODEL_COLUMNS = ("model", "preset", "dataset", "params", "paper_params", "nonembedding_params",
+                 "paper_nonembedding_params", "metric", "value", "paper_value", "test_tokens", "steps",
+                 "peak_memory_mb", "memory_method", "memory_scale", "paper_memory_gb", "deq_counterpart",
+                 "memory_reduction", "paper_memory_reduction", "device")
+RUNTIME_COLUMNS = ("deq_model", "explicit_model", "phase", "ratio", "ratio_q1", "ratio_q3", "matched_ratio",
+                   "paper_ratio", "goal", "device", "preset", "tokens")
+
+
+def write_tables(runs: dict[str, Path], memory_csv: Path, runtime_csv: Path, out_dir: Path, preset: str) -> None:
+    """``runs``: run name -> run folder (holding config.yaml and result.json) for every row."""
+    memory = pd.read_csv(memory_csv).set_index("name")
+    tables = {1: copy_table(runs, preset), 2: lm_table(2, runs, memory, preset), 3: lm_table(3, runs, memory, preset),
+              4: runtime_table(pd.read_csv(runtime_csv), preset)}
+    out_dir = Path(out_dir)
+    for number, frame in tables.items():
+        atomic_write_text(out_dir / f"table{number}.csv", frame.to_csv(index=False))
+    atomic_write_text(out_dir / "tables.md", render_markdown(tables, preset))
+
+
+# ---- one frame per table ----------------------------------------------------------------------------
+
+def copy_table(runs: dict[str, Path], preset: str) -> pd.DataFrame:
+    rows = []
+    for name, row in COPY_CONFIGS.items():
+        config, result = _run(runs[name])
+        rows.append({
+            "model": name, "preset": preset, "dataset": f"copy memory T={config['copy_T']}",
+            "params": result["params"], "paper_params": row.paper_params,
+            "nonembedding_params": result["params_nonembedding"], "paper_nonembedding_params": None,
+            "metric": "test loss", "value": result["test_loss"], "paper_value": row.paper_loss,
+            "test_tokens": config["copy_n_test"] * (config["copy_T"] + 20), "steps": config["max_steps"],
+            "peak_memory_mb": _mb(result.get("saved_activation_bytes_excl_embedding")
+                                  or result.get("saved_activation_bytes")),
+            "memory_method": "training run: bytes saved for backward (no paper protocol for Table 1)",
+            "memory_scale": f"batch {config['batch_size']}, length {config['copy_T'] + 20}",
+            "paper_memory_gb": None, "deq_counterpart": None, "memory_reduction": None,
+            "paper_memory_reduction": None, "device": result.get("device"),
+        })
+    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: str) -> pd.DataFrame:
+    rows = []
+    for name, row in CONFIGS.items():
+        if row.paper_table != number:
+            continue
+        config, result = _run(runs[name])
+        measured = memory.loc[name]
+        dataset = config.get("dataset") or row.dataset
+        rows.append({
+            "model": name, "preset": preset,
+            "dataset": dataset if dataset == row.dataset else f"{dataset} (standing in for {row.dataset})",
+            "params": result["params"], "paper_params": row.paper_params,
+            "nonembedding_params": result["params_nonembedding"],
+            "paper_nonembedding_params": row.paper_nonembedding_params,
+            "metric": "test perplexity", "value": result["test_ppl"], "paper_value": row.paper_ppl,
+            "test_tokens": result.get("test_tokens"), "steps": config["max_steps"],
+            "peak_memory_mb": _mb(measured["memory_bytes"]), "memory_method": measured["method"],
+            "memory_scale": measured["scale"], "paper_memory_gb": row.paper_memory_gb,
+            "deq_counterpart": _text(measured.get("deq")), "memory_reduction": _number(measured.get("reduction")),
+            "paper_memory_reduction": _number(measured.get("paper_reduction")), "device": result.get("device"),
+        })
+    return pd.DataFrame(rows, columns=MODEL_COLUMNS)
+
+
+def runtime_table(runtime: pd.DataFrame, preset: str) -> pd.DataFrame:
+    rows = []
+    for (pair, phase), group in runtime.groupby(["pair", "phase"], sort=False):
+        entries = group.set_index("entry")
+        deq, explicit = entries.loc["deq"], entries.loc["explicit"]
+        matched = entries.loc["deq_matched"]["ratio"] if "deq_matched" in entries.index else None
+        rows.append({
+            "deq_model": deq["model"], "explicit_model": explicit["model"], "phase": phase,
+            "ratio": deq["ratio"], "ratio_q1": deq["ratio_q1"], "ratio_q3": deq["ratio_q3"],
+            "matched_ratio": matched, "paper_ratio": deq["paper_ratio"], "goal": deq["goal"],
+            "device": deq["device"], "preset": preset, "tokens": int(deq["batch"] * deq["tgt_len"]),
+        })
+    return pd.DataFrame(rows, columns=RUNTIME_COLUMNS)
+
+
+# ---- Markdown ---------------------------------------------------------------------------------------
+
+def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
+    lines = [f"# The paper's tables, measured (preset `{preset}`)", "",
+             "Measured values beside the paper's. Small presets train scaled-down models for minutes, so "
+             "their metrics are not comparable with the paper's; memory is measured at the paper's "
+             "protocol where the row fits (the scale column says what ran). Columns: "
+             "`deq/report/tables.py`.", ""]
+    for number in (1, 2, 3):
+        lines += [f"## {TABLE_TITLES[number]}", "",
+                  "| model | params (paper) | non-emb. (paper) | metric | measured | paper | steps | "
+                  "peak memory MB (scale, method) | paper GB | reduction (paper) | device |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in tables[number].to_dict("records"):
+            lines.append(
+                f"| {r['model']} ({r['dataset']}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
+                f"{_m(r['nonembedding_params'])} ({_m(r['paper_nonembedding_params'])}) | {r['metric']} | "
+                f"{_g(r['value'])} | {_g(r['paper_value'])} | {r['steps']} | "
+                f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_g(r['paper_memory_gb'])} | "
+                f"{_pct(r['memory_reduction'])} ({_pct(r['paper_memory_reduction'])}) | {r['device']} |")
+        lines.append("")
+    lines += [f"## {TABLE_TITLES[4]}", "",
+              "| DEQ | explicit | phase | ratio [q1, q3] | at matched f calls | paper | goal | device | tokens |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in tables[4].to_dict("records"):
+        lines.append(f"| {r['deq_model']} | {r['explicit_model']} | {r['phase']} | {_g(r['ratio'])} "
+                     f"[{_g(r['ratio_q1'])}, {_g(r['ratio_q3'])}] | {_g(r['matched_ratio'])} | {_g(r['paper_ratio'])} | "
+                     f"<= {_g(r['goal'])} | {r['device']} | {r['tokens']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+def _run(folder: Path) -> tuple[dict, dict]:
+    import yaml
+
+    folder = Path(folder)
+    with open(folder / "config.yaml") as file:
+        config = yaml.safe_load(file)
+    return config, json.loads((folder / "result.json").read_text())
+
+
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _text(value) -> str | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value == "" else str(value)
+
+
+def _mb(value) -> float | None:
+    value = _number(value)
+    return None if value is None else round(value / 1e6, 3)
+
+
+def _g(value) -> str:
+    value = _number(value) if not isinstance(value, str) else value
+    return "–" if value is None else value if isinstance(value, str) else f"{value:.4g}"
+
+
+def _m(value) -> str:
+    value = _number(value)
+    return "–" if value is None else f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
+
+
+def _pct(value) -> str:
+    value = _number(value)
+    return "–" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,46 @@
+# Evaluation of trained runs: Figure 2's convergence curves and Figure 3's solver sweep.
+
+
+rule convergence:
+    input:
+        [run_result(name) for name in FIGURE2_RUNS],
+    output:
+        f"results/evaluations/{PRESET}/convergence.csv",
+    log:
+        f"results/logs/convergence/{PRESET}.log",
+    benchmark:
+        f"results/benchmarks/{PRESET}/rules/convergence.tsv"
+    params:
+        runs={name: run_dir(name) for name in FIGURE2_RUNS},
+        early={name: STUDY[name].early_step for name in FIGURE2_RUNS},
+        n_evals={"smoke": 6, "cpu": 60, "paper": 350}[PRESET],
+    threads: 1
+    resources:
+        gpu=GPUS_PER_RUN and 1,
+    conda:
+        "../envs/deq.yaml"
+    script:
+        "../scripts/convergence.py"
+
+
+rule sweep:
+    input:
+        run_result(FIGURE3_RUN),
+    output:
+        f"results/evaluations/{PRESET}/sweep.csv",
+    log:
+        f"results/logs/sweep/{PRESET}.log",
+    benchmark:
+        f"results/benchmarks/{PRESET}/rules/sweep.tsv"
+    params:
+        run=run_dir(FIGURE3_RUN),
+        tols=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+        caps={"smoke": [1, 2, 4], "cpu": [2, 4, 8, 12, 16, 24, 30], "paper": [5, 10, 15, 20, 30, 40, 50]}[PRESET],
+        max_tokens={"smoke": 64, "cpu": 5_000, "paper": None}[PRESET],
+    threads: 1
+    resources:
+        gpu=GPUS_PER_RUN and 1,
+    conda:
+        "../envs/deq.yaml"
+    script:
+        "../scripts/sweep.py"
