@@ -1,9 +1,13 @@
 # The two commands of the README: `make run` (the study) and `make test`.
-# PRESET is one of smoke, cpu, paper (config/README.md); CORES is passed to snakemake.
+# PRESET is one of smoke, cpu, paper (config/README.md); CORES is passed to snakemake; GPUS is the
+# machine's GPU count (what nvidia-smi lists; 0 without one); MIRROR is a local copy of the corpora
+# (config key data_mirror), by default ../shared/data where that folder exists, else none (download).
 VENV   ?= .venv
 PYTHON ?= python3
 PRESET ?= cpu
 CORES  ?= 2
+GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+MIRROR ?= $(abspath $(wildcard ../shared/data))
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,7 +15,9 @@ SHELL := bash
 .PHONY: run test bench gpu-bench clean
 
 run: $(VENV)/.installed
-	$(VENV)/bin/snakemake --cores $(CORES) all --config preset=$(PRESET)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=$(or $(GPUS),0) all \
+		--config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
+	$(VENV)/bin/snakemake --report results/report.html --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
@@ -30,7 +36,7 @@ gpu-bench: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --no-index --no-deps 'torch>=2.2' || true
-	$(VENV)/bin/pip install -e '.[test,bench]'
+	$(VENV)/bin/pip install -e '.[test,bench,slurm]'
 	touch $@
 
 # Removes everything the workflow generated; results/README.md and results/reference/ are kept.

@@ -51,7 +51,8 @@ def test_conda_environment_lists_the_runtime_and_test_dependencies():
     # test outcomes depend on the install route. Entries with an environment marker (tomli on
     # Python 3.10) have no conda equivalent and are left out.
     project = pyproject()
-    pip = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    pip = project["dependencies"] + extras["test"] + extras["slurm"]
     expected = dict(requirement(spec) for spec in pip if ";" not in spec)
     assert conda_dependencies()[0] == expected
 
