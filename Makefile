@@ -15,7 +15,7 @@ SHELL := bash
 .PHONY: run test bench gpu-bench clean
 
 run: $(VENV)/.installed
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=$(or $(GPUS),0) all \
+	$(VENV)/bin/snakemake all --cores $(CORES) --resources gpu=$(or $(GPUS),0) \
 		--config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 	$(VENV)/bin/snakemake --report results/report.html --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 

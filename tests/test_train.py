@@ -144,3 +144,31 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
     cfg = config_from_dict({**COPY, "max_steps": 3, "data_root": str(tmp_path / "data")})
     with pytest.raises(RuntimeError, match=r"non-finite loss nan at step 1; last solver residuals: \{'fwd_iters'"):
         train_module.train(cfg, tmp_path / "run")
+
+
+def test_kept_checkpoints_and_a_changed_config_is_refused(tmp_path):
+    # Figure 2 needs an early checkpoint; a resume under different settings would silently mix two
+    # runs, so it must stop and say which keys changed.
+    import deq.train as train_module
+
+    out = tmp_path / "run"
+    cfg = config_from_dict({**COPY, "max_steps": 3, "keep_steps": [2], "data_root": str(tmp_path / "data")})
+    result = train_module.train(cfg, out)
+    assert (out / "checkpoint-step2.pt").exists() and result["steps"] == 3 and result["params"] > 0
+    early = torch.load(out / "checkpoint-step2.pt", weights_only=True)
+    assert early["state"]["step"] == 2
+    changed = config_from_dict({**COPY, "max_steps": 3, "lr": 0.02, "keep_steps": [2],
+                                "data_root": str(tmp_path / "data")})
+    with pytest.raises(ValueError, match=r"different config \(keys \['lr'\] differ\)"):
+        train_module.train(changed, out)
+    with pytest.raises(ValueError, match=r"keep_steps must be a list of steps in \[1, max_steps=3\]"):
+        config_from_dict({**COPY, "max_steps": 3, "keep_steps": [5]})
+
+
+def test_test_tokens_are_capped_and_reported(tmp_path):
+    cfg = config_from_dict({**PTB, "max_steps": 1, "test_max_tokens": 300, "data_root": str(tmp_path / "data")})
+    import deq.train as train_module
+
+    result = train_module.train(cfg, tmp_path / "run")
+    assert result["test_tokens"] == 300 and result["valid_tokens"] == 500
+    assert result["params_nonembedding"] < result["params"]

@@ -33,7 +33,7 @@ rule sweep:
     benchmark:
         f"results/benchmarks/{PRESET}/rules/sweep.tsv"
     params:
-        run=run_dir(FIGURE3_RUN),
+        run=lambda wildcards, input: os.path.dirname(input[0]),
         tols=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
         caps={"smoke": [1, 2, 4], "cpu": [2, 4, 8, 12, 16, 24, 30], "paper": [5, 10, 15, 20, 30, 40, 50]}[PRESET],
         max_tokens={"smoke": 64, "cpu": 5_000, "paper": None}[PRESET],
