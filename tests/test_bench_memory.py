@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from deq.bench import memory
+from deq.bench import depth, memory
 from deq.models.configs import CONFIGS
 
 PROTOCOL_COLUMNS = ("name", "driver", "scale", "scale_reason", "method", "activation_bytes", "driver_activation_bytes",
@@ -32,7 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def depth_rows(one_thread):
-    return memory.run_depth_benchmark("smoke")
+    return depth.run_depth_benchmark("smoke")
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +46,25 @@ def _by(rows, family, model):
     return {r["depth"]: r for r in rows if r["family"] == family and r["model"] == model}
 
 
-@pytest.mark.parametrize("family", sorted(memory.DEPTH_ROWS))
-@pytest.mark.parametrize("variant", sorted(memory.DEQ_VARIANTS))
+@pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))
+@pytest.mark.parametrize("variant", sorted(depth.DEQ_VARIANTS))
 def test_deq_activation_memory_is_flat_in_the_iteration_cap(depth_rows, family, variant):
     # The paper's claim: the forward solve runs without a graph and the implicit backward keeps one
     # f(z*), so the bytes saved for backward cannot depend on how many iterations the solve took.
     by = _by(depth_rows, family, f"deq-{variant}")
-    saved = [by[cap]["activation_bytes"] for cap in memory.DEPTHS if cap >= 8]
+    saved = [by[cap]["activation_bytes"] for cap in depth.DEPTHS if cap >= 8]
     assert max(saved) <= 1.05 * min(saved), saved
     # ... and the caps were really used (the tolerance is unreachable), else flatness would be trivial.
     assert all(r["fwd_iters"] == r["depth"] for r in by.values())
 
 
-@pytest.mark.parametrize("family", sorted(memory.DEPTH_ROWS))
+@pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))
 def test_explicit_activation_memory_grows_linearly_with_depth(depth_rows, family):
     # Backprop through a weight-tied stack keeps every layer's activations: the same bytes per layer
     # at every depth (so the DEQ's flat line is a real difference, not a measuring artefact).
     by = _by(depth_rows, family, "explicit")
     per_layer = [(by[b]["activation_bytes"] - by[a]["activation_bytes"]) / (b - a)
-                 for a, b in zip(memory.DEPTHS, memory.DEPTHS[1:])]
+                 for a, b in zip(depth.DEPTHS, depth.DEPTHS[1:])]
     assert min(per_layer) > 0 and max(per_layer) <= 1.05 * min(per_layer), per_layer
 
 
@@ -132,3 +132,11 @@ def test_solver_buffers_follow_the_solvers_allocations():
     assert memory.solver_buffer_bytes("broyden", 30, {"m": 8}, B, d) == (2 * 8 + 1) * B * d * 4
     with pytest.raises(ValueError, match="unknown solver 'andersen'"):
         memory.solver_buffer_bytes("andersen", 30, {}, B, d)
+
+
+def test_best_possible_reduction_is_one_layer_against_depth_layers():
+    # The bound the depth table prints: a DEQ that keeps one layer's activations (L = 10), the shared
+    # input/readout part (R = 2) and the parameter state (P = 3), against the same at depth 16.
+    by = {("explicit", 2): {"activation_bytes": 2 + 2 * 10, "param_state_bytes": 3},
+          ("explicit", 4): {"activation_bytes": 2 + 4 * 10, "param_state_bytes": 3}}
+    assert depth.best_possible_reduction(by, 16) == pytest.approx(1 - (3 + 2 + 10) / (3 + 2 + 160))

@@ -15,7 +15,7 @@ PRESETS = ("smoke", "cpu", "paper")
 BENCHMARKS = {
     "solvers": ("deq.bench.solvers", "run_benchmark"),
     "memory": ("deq.bench.memory", "run_memory_benchmark"),
-    "depth": ("deq.bench.memory", "run_depth_benchmark"),  # writes depth.csv / depth.md
+    "depth": ("deq.bench.depth", "run_depth_benchmark"),
     "runtime": ("deq.bench.runtime", "run_runtime_benchmark"),
 }
 
