@@ -14,8 +14,9 @@ SHELL := bash
 .DELETE_ON_ERROR:
 .PHONY: run test bench gpu-bench clean
 
+# --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
 run: $(VENV)/.installed
-	$(VENV)/bin/snakemake all --cores $(CORES) --resources gpu=$(or $(GPUS),0) \
+	$(VENV)/bin/snakemake all --keep-going --cores $(CORES) --resources gpu=$(or $(GPUS),0) \
 		--config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 	$(VENV)/bin/snakemake --report results/report.html --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 

@@ -52,7 +52,8 @@ def perplexity(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: i
     finally:
         driver.mem_len = saved_mem_len
         model.train(was_training)
-    return math.exp(total / count)
+    mean = total / count
+    return math.exp(mean) if mean < 700 else math.inf  # a diverged model's perplexity, not an OverflowError
 
 
 @torch.no_grad()

@@ -57,3 +57,19 @@ def test_solver_sweep_tighter_tolerance_never_costs_fewer_evaluations(trained):
     assert all(np.isfinite(r["valid_ppl"]) and r["tokens"] == 64 for r in rows)
     assert rows[0]["mean_nfe"] <= rows[1]["mean_nfe"] and rows[2]["mean_nfe"] <= 1 < rows[3]["mean_nfe"] + 1
     assert model.driver.settings == before
+
+
+def test_a_diverged_model_has_infinite_perplexity_not_an_error():
+    # Right after pretraining a DEQ's evaluation solve can diverge; the run must record that (inf)
+    # and go on, not crash in the middle of a long study.
+    from types import SimpleNamespace
+
+    from deq.evaluate import perplexity
+
+    class Diverged(torch.nn.Module):
+        driver = SimpleNamespace(mem_len=0)
+
+        def forward(self, inputs, targets, memory):
+            return SimpleNamespace(nll=torch.full(targets.shape, 1e4), memory=None, info=None)
+
+    assert perplexity(Diverged(), np.arange(50), batch_size=2, tgt_len=8) == float("inf")
