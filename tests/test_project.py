@@ -162,6 +162,18 @@ def test_larger_presets_plan_the_whole_study_offline(tmp_path, preset):
     assert int(counts["train"]) == len(study(preset)) and int(counts["benchmark"]) == 4, result.stdout[-2000:]
 
 
+def test_one_table_needs_only_its_own_runs(tmp_path):
+    # `snakemake results/table1.csv` is the README's way to build one table: it must not train the
+    # language models or run the benchmarks that Tables 2-4 need.
+    from deq.study import study
+
+    result = snakemake(tmp_path, "--cores", "2", "results/table1.csv", "--dry-run", preset="cpu", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    copy_runs = [name for name, run in study("cpu").items() if run.table == 1]
+    assert counts == {"train": str(len(copy_runs)), "table": "1", "total": str(len(copy_runs) + 1)}, counts
+
+
 def test_slurm_profile_plans_the_paper_study(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     result = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "all", "--dry-run", preset="paper",

@@ -1,7 +1,7 @@
 """The paper's Tables 1-4, measured, with the paper's values beside ours.
 
-:func:`write_tables` reads what the runs and benchmarks wrote and writes ``table1.csv`` ...
-``table4.csv`` and ``tables.md``. Every number comes from a file a rule made; the paper's numbers
+:func:`write_table` reads what the runs and benchmarks wrote and writes one of ``table1.csv`` ...
+``table4.csv``; :func:`write_markdown` renders the four into ``tables.md``. Every number comes from a file a rule made; the paper's numbers
 come from the model registry (:mod:`deq.models.paper_configs`, :data:`deq.models.configs.COPY_CONFIGS`)
 and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the paper's order):
 
@@ -55,15 +55,26 @@ RUNTIME_COLUMNS = ("deq_model", "explicit_model", "phase", "ratio", "ratio_q1", 
                    "paper_ratio", "goal", "device", "preset", "tokens")
 
 
-def write_tables(runs: dict[str, Path], memory_csv: Path, runtime_csv: Path, out_dir: Path, preset: str) -> None:
-    """``runs``: run name -> run folder (holding config.yaml and result.json) for every row."""
-    memory = pd.read_csv(memory_csv).set_index("name")
-    tables = {1: copy_table(runs, preset), 2: lm_table(2, runs, memory, preset), 3: lm_table(3, runs, memory, preset),
-              4: runtime_table(pd.read_csv(runtime_csv), preset)}
-    out_dir = Path(out_dir)
-    for number, frame in tables.items():
-        atomic_write_text(out_dir / f"table{number}.csv", frame.to_csv(index=False))
-    atomic_write_text(out_dir / "tables.md", render_markdown(tables, preset))
+def write_table(number: int, runs: dict[str, Path], memory_csv: Path | None, runtime_csv: Path | None,
+                out_csv: Path, preset: str) -> pd.DataFrame:
+    """Table ``number`` as CSV. ``runs``: run name -> run folder (config.yaml, result.json) of its rows;
+    Tables 2-3 also read the memory benchmark's CSV, Table 4 only the runtime benchmark's."""
+    if number == 1:
+        frame = copy_table(runs, preset)
+    elif number in (2, 3):
+        frame = lm_table(number, runs, pd.read_csv(memory_csv).set_index("name"), preset)
+    elif number == 4:
+        frame = runtime_table(pd.read_csv(runtime_csv), preset)
+    else:
+        raise ValueError(f"unknown table {number!r}; choose from [1, 2, 3, 4]")
+    atomic_write_text(out_csv, frame.to_csv(index=False))
+    return frame
+
+
+def write_markdown(table_csvs: list[Path], out_md: Path, preset: str) -> None:
+    """``tables.md`` from the four CSVs, in order."""
+    tables = {number: pd.read_csv(path) for number, path in zip((1, 2, 3, 4), table_csvs)}
+    atomic_write_text(out_md, render_markdown(tables, preset))
 
 
 # ---- one frame per table ----------------------------------------------------------------------------

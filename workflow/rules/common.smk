@@ -33,6 +33,10 @@ def run_result(name):
     return f"{run_dir(name)}/result.json"
 
 
+def runs_of_table(number):
+    return [name for name, run in STUDY.items() if run.table == number]
+
+
 def all_run_results():
     return [run_result(name) for name in STUDY]
 

@@ -1,0 +1,15 @@
+"""Rule table: results/table<n>.csv from its runs and its benchmark."""
+
+from pathlib import Path
+
+from deq.io import log_to
+
+log_to(snakemake.log[0])  # noqa: F821 (snakemake is set by Snakemake)
+
+from deq.report.tables import write_table  # noqa: E402
+
+benchmark = snakemake.input.benchmark or None  # noqa: F821
+frame = write_table(int(snakemake.wildcards.n),  # noqa: F821
+                    {name: Path(folder) for name, folder in snakemake.params.runs.items()},  # noqa: F821
+                    benchmark, benchmark, snakemake.output[0], snakemake.params.preset)  # noqa: F821
+print(frame.to_string())
