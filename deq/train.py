@@ -43,9 +43,9 @@ from tqdm import tqdm
 
 from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deq.engine.config import TrainConfig, lm_row, load_config, to_dict
-from deq.engine.memory import MemoryMonitor, adam_state_bytes
-from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, run_metadata, solver_metrics,
-                                write_metadata)
+from deq.engine.memory import MEMORY_FIELDS, MemoryMonitor, adam_state_bytes
+from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, read_jsonl, run_metadata,
+                                solver_metrics, write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
 from deq.io import atomic_write_text
 from deq.models.configs import COPY_CONFIGS, build_model
@@ -302,7 +302,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         if lead:
             n_params = sum(p.numel() for p in model.parameters())
             n_embedding = sum(p.numel() for p in model.parameters() if p.data_ptr() in embedding)
-            result = {**task.evaluate(model, "valid"), **task.evaluate(model, "test"), **monitor.record(),
+            peaks = peak_memory_over_run(out / "metrics.jsonl", monitor.record())
+            result = {**task.evaluate(model, "valid"), **task.evaluate(model, "test"), **peaks,
                       "embedding_state_bytes": embedding_state_bytes, "params": n_params,
                       "params_nonembedding": n_params - n_embedding, "steps": state["step"]}
             atomic_write_text(out / "result.json", json.dumps(result, indent=2))
@@ -310,6 +311,17 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     if ddp:
         dist.barrier()
     return result
+
+
+def peak_memory_over_run(metrics_path: Path, record: dict) -> dict:
+    """The monitor's record with each memory field raised to its largest logged value: a resumed run's
+    monitor has seen only the steps since the resume (none, if it resumed at the end)."""
+    logged = read_jsonl(metrics_path) if metrics_path.exists() else []
+    peaks = dict(record)
+    for field in MEMORY_FIELDS:
+        values = [v for v in [record.get(field), *(line.get(field) for line in logged)] if v is not None]
+        peaks[field] = max(values) if values else None
+    return peaks
 
 
 def _plain(value):

@@ -155,6 +155,9 @@ def test_kept_checkpoints_and_a_changed_config_is_refused(tmp_path):
     cfg = config_from_dict({**COPY, "max_steps": 3, "keep_steps": [2], "data_root": str(tmp_path / "data")})
     result = train_module.train(cfg, out)
     assert (out / "checkpoint-step2.pt").exists() and result["steps"] == 3 and result["params"] > 0
+    # a rerun resumes at the end and trains nothing; its result keeps the peaks the run measured
+    again = train_module.train(cfg, out)
+    assert again["saved_activation_bytes"] == result["saved_activation_bytes"] > 0
     early = torch.load(out / "checkpoint-step2.pt", weights_only=True)
     assert early["state"]["step"] == 2
     changed = config_from_dict({**COPY, "max_steps": 3, "lr": 0.02, "keep_steps": [2],
