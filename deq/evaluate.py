@@ -78,7 +78,7 @@ def copy_memory_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_s
 # ---- the workflow's evaluate stage: a trained run, its convergence and its solver sweep ----------------
 
 def load_run(run_dir: str | Path, checkpoint: str = "checkpoint.pt"):
-    """(model in eval mode, TrainConfig, LMConfig row) of a language-model run folder's checkpoint."""
+    """(model in eval mode, TrainConfig, LMConfig row, training step) of a language-model run's checkpoint."""
     from deq.engine.checkpoint import load_checkpoint
     from deq.engine.config import config_from_dict, lm_row
     from deq.models.configs import build_model

@@ -7,12 +7,14 @@ One run per row of the paper's Tables 1-3 (the four copy-memory models of
 
 - ``smoke``: tiny models (the ``smoke`` model preset), 3 steps, a few hundred evaluation tokens and a
   copy task of length 20+20: the whole DAG in minutes on a CPU. Its numbers check the plumbing only.
-- ``cpu``: the ``cpu`` model preset (width 128, a quarter of the depth) trained 100 steps of 8 x 64
-  tokens (DEQ rows: the first 20 as the weight-tied stack), with validation on the first 5,000 and
-  test on the first 20,000 tokens of each split. WikiText-103 rows train on WikiText-2 in its place
+- ``cpu``: the ``cpu`` model preset (width 128, a quarter of the depth) trained 60 steps of 8 x 64
+  tokens (DEQ rows: the first 12 as the weight-tied stack), with validation on the first 3,000 and
+  test on the first 10,000 tokens of each split. WikiText-103 rows train on WikiText-2 in its place
   (:func:`deq.models.configs.on_dataset`), and the tables say so. Table 1 keeps the paper's task
-  definition (T = 400, 20,000 training sequences) with 40 steps of 16 and 500 test sequences: the
-  DEQ-Transformer's step on 420-long sequences takes about 6 s on one core.
+  definition (T = 400, 20,000 training sequences) with 30 steps of 16 and 250 test sequences: the
+  DEQ-Transformer's step on 420-long sequences takes about 6 s on one core. These budgets are what
+  fits the hour: a DEQ-TrellisNet step (Broyden to its cap of 45, both passes) takes about 3.5 s on
+  one core, and the four benchmarks take about 16 minutes of the machine by themselves.
 - ``paper``: the paper's rows at their full size with the official scripts' budgets where they exist
   (PAPER.md, "Official scripts"); where none exist the choice is written beside it below.
 
@@ -50,9 +52,9 @@ class Run:
 LM_BUDGETS = {
     "smoke": dict(max_steps=3, batch_size=2, tgt_len=8, lr=1e-3, pretrain_steps=1, eval_batch_size=2,
                   eval_tgt_len=8, eval_max_tokens=64, test_max_tokens=64, checkpoint_every=2, trace_every=1),
-    "cpu": dict(max_steps=100, batch_size=8, tgt_len=64, lr=1e-3, warmup_steps=10, pretrain_steps=20,
-                eval_batch_size=10, eval_tgt_len=64, eval_every=25, eval_max_tokens=5_000,
-                test_max_tokens=20_000, checkpoint_every=25, trace_every=5),
+    "cpu": dict(max_steps=60, batch_size=8, tgt_len=64, lr=1e-3, warmup_steps=6, pretrain_steps=12,
+                eval_batch_size=10, eval_tgt_len=64, eval_every=30, eval_max_tokens=3_000,
+                test_max_tokens=10_000, checkpoint_every=20, trace_every=4),
     # The official DEQ-Transformer script (WT103): batch 56, 150-token segments and memory, Adam 2.5e-4,
     # 16k warm-up steps then cosine to 300k steps, clip 0.25, evaluation batch 16 with segments of 150.
     "paper": dict(max_steps=300_000, batch_size=56, tgt_len=150, lr=2.5e-4, warmup_steps=16_000, clip=0.25,
@@ -69,13 +71,13 @@ TRELLIS_PAPER = {
 COPY_BUDGETS = {
     "smoke": dict(max_steps=3, batch_size=4, lr=1e-3, copy_T=20, copy_n_train=32, copy_n_test=8,
                   eval_batch_size=8, checkpoint_every=2, trace_every=1),
-    "cpu": dict(max_steps=40, batch_size=16, lr=1e-3, copy_T=400, copy_n_train=20_000, copy_n_test=500,
-                eval_batch_size=50, eval_every=20, checkpoint_every=10, trace_every=5),
+    "cpu": dict(max_steps=30, batch_size=16, lr=1e-3, copy_T=400, copy_n_train=20_000, copy_n_test=250,
+                eval_batch_size=50, eval_every=15, checkpoint_every=10, trace_every=5),
     # T = 400 with the paper's 20K / 2K sequences; 50 epochs of batch 32 (no official script exists).
     "paper": dict(max_steps=31_250, batch_size=32, lr=1e-3, copy_T=400, copy_n_train=20_000, copy_n_test=2_000,
                   eval_batch_size=100, eval_every=2_500, checkpoint_every=1_000, trace_every=500),
 }
-EARLY_STEP = {"smoke": 2, "cpu": 30, "paper": 40_000}  # Figure 2's early checkpoint: just after pretraining
+EARLY_STEP = {"smoke": 2, "cpu": 20, "paper": 40_000}  # Figure 2's early checkpoint: just after pretraining
 
 
 def study(preset: str, data_root: str = "data", data_mirror: str | None = None) -> dict[str, Run]:
