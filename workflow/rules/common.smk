@@ -1,7 +1,5 @@
 # Helper functions shared by the rules; no rules here. The study itself (runs and budgets per preset)
 # is deq/study.py, so the tests and the workflow read one definition.
-from pathlib import Path
-
 from snakemake.exceptions import WorkflowError
 
 from deq.engine.gpus import visible_gpus

@@ -15,6 +15,8 @@ rule train:
     params:
         run=run_config,
         folder=lambda wildcards: run_dir(wildcards.run),
+    wildcard_constraints:
+        run="|".join(STUDY),
     threads: 1
     resources:
         gpu=GPUS_PER_RUN,
