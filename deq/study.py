@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deq.engine.config import TrainConfig, config_from_dict
+from deq.engine.config import TrainConfig, config_from_dict, to_dict
 from deq.models.configs import COPY_CONFIGS, CONFIGS, PRESETS
 
 STAND_IN = {"wikitext-103": "wikitext-2"}  # corpus -> the one small presets train on instead
@@ -43,9 +43,7 @@ class Run:
     @property
     def config_dict(self) -> dict:
         """The run's YAML as a plain dict (what the train rule writes to run.yaml)."""
-        from deq.engine.config import to_dict
-
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(self.config).items()}
+        return to_dict(self.config)
 
 
 # Per preset: the settings every language-model run shares, then the copy-memory ones.

@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     checkpoint_path = out / LATEST
     if checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
-        changed = sorted(k for k, v in to_dict(cfg).items() if _plain(saved["config"].get(k)) != _plain(v))
+        changed = sorted(k for k, v in to_dict(cfg).items() if saved["config"].get(k) != v)
         if changed:
             raise ValueError(f"{checkpoint_path} was written with a different config (keys {changed} differ); "
                              f"restore that config to resume, or remove {out} to start over")
@@ -322,11 +322,6 @@ def peak_memory_over_run(metrics_path: Path, record: dict) -> dict:
         values = [v for v in [record.get(field), *(line.get(field) for line in logged)] if v is not None]
         peaks[field] = max(values) if values else None
     return peaks
-
-
-def _plain(value):
-    """Tuples as lists, so a config read back from a checkpoint compares equal to the one in memory."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def keep_copy(source: Path, target: Path) -> None:

@@ -120,4 +120,5 @@ def lm_row(cfg: TrainConfig) -> LMConfig:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain YAML/JSON values: tuples (keep_steps) as lists, so a config read back compares equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
