@@ -1,12 +1,14 @@
 """Instrumentation for training runs: peak memory, per-step metrics, solver traces, run metadata.
 
-- :class:`MemoryMonitor`, :func:`saved_activation_bytes`: how much memory a run needed (``memory.py``).
+- :class:`MemoryMonitor`, :class:`AllocatorPeak`, :func:`saved_activation_bytes`: how much memory a run
+  needed (``memory.py``).
 - :class:`MetricsWriter`, :class:`TraceWriter`, :func:`run_metadata`: what a run writes (``records.py``).
 """
 
 from .memory import (
     MEMORY_FIELDS,
     RECORD_KEYS,
+    AllocatorPeak,
     MemoryMonitor,
     SavedActivations,
     cpu_name,
@@ -34,6 +36,7 @@ __all__ = [
     "RECORD_KEYS",
     "REQUIRED_METRIC_FIELDS",
     "TRACE_FIELDS",
+    "AllocatorPeak",
     "MemoryMonitor",
     "MetricsWriter",
     "SavedActivations",

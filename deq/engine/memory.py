@@ -348,3 +348,65 @@ class MemoryMonitor:
 def adam_state_bytes(params: Iterable[torch.Tensor]) -> int:
     """Bytes a training step holds per parameter under Adam: the weight, its gradient and two moments."""
     return 4 * sum(p.numel() * p.element_size() for p in params)
+
+
+class AllocatorPeak:
+    """Peak bytes of the tensors allocated inside the block (above what was allocated at entry).
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated at entry.
+    On CPU there is no such counter, so the block runs under ``torch.profiler`` with
+    ``profile_memory``, which records every allocation and free of the CPU allocator with its size
+    and time; the peak is the largest running total in time order. It sees every tensor made
+    inside (activations, gradients, solver buffers, the backward's temporaries). Tensors that
+    existed before entry are not counted on either device, nor (on CPU) their frees: add what was
+    alive before (parameters, optimiser moments) yourself. Profiling slows the block down: time it
+    separately.
+
+    >>> import torch
+    >>> with AllocatorPeak() as peak:
+    ...     a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
+    ...     b = torch.empty(500, dtype=torch.float32)  # 2000 bytes
+    ...     del a
+    ...     c = torch.empty(250, dtype=torch.float32)  # 1000 bytes
+    >>> peak.bytes
+    6000
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.bytes: int | None = None
+        self._profiler = None
+        self._base = 0
+
+    def __enter__(self) -> AllocatorPeak:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+            return
+        self._profiler.__exit__(*exc)
+        if exc[0] is None:
+            self.bytes = _timeline_peak(self._profiler)
+
+
+def _timeline_peak(profiler) -> int:
+    """The largest running total of the CPU allocations and frees a profile recorded, in time order."""
+    events = sorted(((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda event: event[0])  # stable: same-time events keep the order recorded
+    live = peak = 0
+    for _, change in events:  # frees are negative
+        live += change
+        peak = max(peak, live)
+    return peak
