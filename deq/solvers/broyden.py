@@ -32,7 +32,8 @@ def broyden(
     line_search: bool = False,
     ls_max_steps: int = 4,
 ) -> tuple[torch.Tensor, SolverStats]:
-    """Broyden's method from ``z0`` (B, d) keeping ``m`` low-rank pairs per sample (default: all).
+    """Broyden's method from ``z0`` (B, d) keeping the newest ``m`` low-rank pairs per sample (default:
+    all; never more slots than ``max_iter``, so a bounded history costs nothing on a short solve).
 
     ``line_search=True`` backtracks (halving, at most ``ls_max_steps`` times) until
     ||g||^2 decreases by the Armijo factor (1 - 1e-4 alpha); its trial evaluations count in nfe.
@@ -40,7 +41,7 @@ def broyden(
     """
     trace = Trace("broyden", f, z0, tol, stop_mode)
     B, d = z0.shape
-    m = max_iter if m is None else m
+    m = max_iter if m is None else min(m, max_iter)
     U = z0.new_empty(B, m, d)  # u_j: the low-rank terms of B = -I + U^T V (slots filled as used)
     V = z0.new_empty(B, m, d)  # v_j
 
