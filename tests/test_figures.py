@@ -61,7 +61,7 @@ def memory_bars(tmp_path):
             ("wt103-transformer-xl-small-tied-16", 3, "weight_tied", 6.8, math.nan),
             ("wt103-deq-transformer-small", 3, "deq", 1.1, 5e6)]
     return _csv(tmp_path / "memory.csv", [
-        {"name": n, "paper_table": t, "driver": d, "scale": "smoke", "memory_bytes": b, "method": "cpu-accounted",
+        {"name": n, "paper_table": t, "driver": d, "scale": "smoke", "memory_bytes": b, "method": "cpu-allocator-peak",
          "paper_memory_gb": gb} for n, t, d, gb, b in rows])
 
 

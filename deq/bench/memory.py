@@ -5,17 +5,28 @@ explicit counterpart) trains ``steps`` steps (forward + backward + Adam; the fir
 create the segment memory) on random tokens at sequence 150, batch 15, and the last step is measured
 with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"):
 
-- on CUDA: ``torch.cuda.max_memory_allocated`` minus the embedding state (its parameters, gradients
-  and both Adam moments), and NVML's process peak (:class:`~deq.engine.MemoryMonitor`; it includes
-  the CUDA context and the allocator's cache, so it is not embedding-free);
-- everywhere, an account of the bytes that make the peak (``method`` 'cpu-accounted' on a CPU):
-  the bytes autograd saved for backward, embedding excluded (``activation_bytes``; of them, those
-  saved inside the driver: ``driver_activation_bytes``); the solvers' buffers, *computed* from the
-  solver's code, its history m and the state size B x T x d_state (see :func:`solver_buffer_bytes`;
-  the forward and backward solves do not overlap, so the larger one counts); the non-embedding
-  parameters, gradients and Adam moments as the optimizer holds them; ``total_bytes`` is their sum.
-  Peak RSS (sampled over the measured step) is given too; it includes the embedding, the Python
-  interpreter and whatever the allocator keeps, so it is context, not the protocol's number.
+- ``memory_bytes``: the allocator's peak over forward + backward with the word embedding frozen
+  (:class:`~deq.engine.memory.AllocatorPeak`: ``torch.cuda.max_memory_allocated`` on CUDA, ``method``
+  'cuda-max-allocated'; on CPU, which has no such counter, the largest running total of the
+  allocations the profiler recorded, ``method`` 'cpu-allocator-peak'), plus what was alive before the
+  step apart from the embedding (weights and Adam moments). It holds activations, solver buffers,
+  gradients and the backward's temporaries. Excluding the embedding by subtracting its state is not
+  enough: the dense gradient of a 267K-word embedding and its backward's temporaries make most of a
+  small row's peak, so the measured step leaves the embedding (and a softmax weight tied to it) out of
+  the backward. The optimiser's update is left out too: Adam's foreach kernels allocate a temporary
+  copy of every parameter. On CUDA the allocator's peak over that whole step, embedding and update
+  included, is kept beside it (``cuda_step_peak_bytes``), with NVML's process peak
+  (:class:`~deq.engine.MemoryMonitor`; it includes the CUDA context and the allocator's cache, so it
+  is not embedding-free). The profiler slows the measured CPU step (``step_s``);
+- everywhere, an account of the bytes that make the peak: the bytes autograd saved for backward,
+  embedding excluded (``activation_bytes``; of them, those saved inside the driver:
+  ``driver_activation_bytes``); the solvers' buffers, *computed* from the solver's code, its history
+  m and the state size B x T x d_state (see :func:`solver_buffer_bytes`; the forward and backward
+  solves do not overlap, so the larger one counts); the non-embedding parameters, gradients and Adam
+  moments as the optimizer holds them; ``total_bytes`` is their sum. It names the parts and misses
+  the temporaries. Peak RSS (sampled over the measured step) is given too; it includes the
+  embedding, the Python interpreter and whatever the allocator keeps, so it is context, not the
+  protocol's number.
 
 Tokens are drawn from a Zipf (1/rank) law, the shape of a frequency-sorted vocabulary: uniform ids
 would put most targets in the adaptive softmax's tail clusters and inflate its activations. A DEQ
@@ -27,7 +38,7 @@ widths at the paper's depth, then the ``cpu`` preset itself (depth / 4), each at
 the hooks, so a checkpointed row adds what it keeps: every layer's input z and one layer recomputed in
 the backward (``activation_method`` says so). A DEQ and its explicit
 counterparts always run at one scale, so each explicit row's ``reduction`` (1 - DEQ / this row) is
-like for like; ``driver_reduction`` compares only the driver's part (its activations, solver buffers
+like for like; ``driver_reduction`` compares only the driver's accounted part (its activations, solver buffers
 and parameter state), without the embedding-side softmax that both rows share.
 
 Memory against effective depth (DEQ vs weight-tied stack) is :mod:`deq.bench.depth`.
@@ -42,7 +53,8 @@ import gc
 import inspect
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -50,7 +62,7 @@ from pathlib import Path
 import torch
 
 from baselines.drivers import WeightTiedDriver
-from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
+from deq.engine.memory import AllocatorPeak, MemoryMonitor, SavedActivations, adam_state_bytes, device_name
 from deq.io import atomic_write_text
 from deq.models.configs import CONFIGS, LMConfig, build_cell, build_model, get_config
 from deq.models.drivers import DEQDriver, SolverSettings
@@ -78,14 +90,15 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
 
     ``d`` is one sample's flattened state, T x d_state. Anderson: dG and dS (B, m, d) each, the probe
     (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
-    unless given; Picard: nothing. Every solver's trace also keeps its best iterate (B, d). The few
-    current iterates (B, d) every solver holds are not counted.
+    unless given (and never above it); Picard: nothing. Every solver's trace also keeps its best
+    iterate (B, d). The few current iterates (B, d) every solver holds are not counted.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
     m = options.get("m", inspect.signature(SOLVERS[solver]).parameters.get("m", None))
     m = getattr(m, "default", m)
-    m = max_iter if m is None and solver == "broyden" else m
+    if solver == "broyden":
+        m = max_iter if m is None else min(m, max_iter)
     vectors = {"anderson": lambda: 2 * m + 2, "broyden": lambda: 2 * m, "picard": lambda: 0}[solver]() + 1
     gram = batch * m * m * 8 if solver == "anderson" else 0
     return vectors * batch * d * itemsize + gram
@@ -268,6 +281,19 @@ def _state_bytes(params, optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
+@contextmanager
+def _frozen(params) -> Iterator[None]:
+    """``params`` need no gradient inside the block (then they do again)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
     """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring)."""
     torch.manual_seed(0)
@@ -290,10 +316,16 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
     for step in range(steps):
         measured = step == steps - 1
         start = time.perf_counter()
-        with MemoryMonitor() if measured else nullcontext() as monitor, counter if measured else nullcontext():
-            out = model(tokens[step, :, :-1], tokens[step, :, 1:], memory)
-            loss = out.loss if out.aux_loss is None else out.loss + cfg.aux_weight * out.aux_loss
-            loss.backward()
+        if measured:  # alive before the step, embedding excluded: weights and Adam moments (no gradients)
+            held_before = _state_bytes([p for p in model.parameters() if p.data_ptr() not in embedding], optimizer)
+        with MemoryMonitor() if measured else nullcontext() as monitor, counter if measured else nullcontext(), \
+                _frozen(model.embedding.parameters()) if measured else nullcontext():
+            # The peak of forward + backward; the update's own temporaries (Adam's foreach kernels allocate
+            # a copy of every parameter) are the optimiser's, not the model's.
+            with AllocatorPeak(device) if measured else nullcontext() as peak:
+                out = model(tokens[step, :, :-1], tokens[step, :, 1:], memory)
+                loss = out.loss if out.aux_loss is None else out.loss + cfg.aux_weight * out.aux_loss
+                loss.backward()
             optimizer.step()
             if measured:
                 param_state = _state_bytes([p for p in model.parameters() if p.data_ptr() not in embedding], optimizer)
@@ -323,16 +355,14 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
                    fwd_buffer_bytes=fwd, bwd_buffer_bytes=bwd)
     buffers = max(row["fwd_buffer_bytes"], row["bwd_buffer_bytes"])
     total = activations + buffers + param_state
-    cuda_peak = (record["cuda_max_allocated_bytes"] - embedding_state
-                 if record["cuda_max_allocated_bytes"] is not None else None)
     row.update(
         param_state_bytes=param_state, driver_param_state_bytes=driver_state, embedding_state_bytes=embedding_state,
         activation_bytes=activations, driver_activation_bytes=driver_activations, activation_method=activation_method,
         total_bytes=total, driver_bytes=driver_activations + buffers + driver_state,
-        cuda_peak_excl_embedding_bytes=cuda_peak, nvml=record["nvml"], nvml_reason=record["nvml_reason"],
+        cuda_step_peak_bytes=record["cuda_max_allocated_bytes"], nvml=record["nvml"], nvml_reason=record["nvml_reason"],
         nvml_process_peak_bytes=record["gpu_process_peak_bytes"], rss_peak_bytes=record["rss_sampled_peak_bytes"],
-        method="cuda-max-allocated" if cuda_peak is not None else "cpu-accounted",
-        memory_bytes=cuda_peak if cuda_peak is not None else total,
+        method="cuda-max-allocated" if device == "cuda" else "cpu-allocator-peak",
+        memory_bytes=held_before + peak.bytes,
         step_s=walls[-1], warmup_s=sum(walls[:-1]),
     )
     del model, optimizer, out, loss, memory
@@ -382,12 +412,14 @@ def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None
                 "n_params_nonembedding": _nonembedding(name, scale), "est_s": est_s,
                 "est_peak_bytes": est_peak, **measure_row(cfg, scale, steps, device),
                 "paper_memory_gb": cfg.paper_memory_gb, "counterparts": " / ".join(PAIRS.get(name, ())),
-                "deq": "", "reduction": None, "driver_reduction": None, "paper_reduction": None,
+                "deq": "", "reduction": None, "accounted_reduction": None, "driver_reduction": None,
+                "paper_reduction": None,
             }
     for deq_name, counterparts in PAIRS.items():
         for name in counterparts:
             ours, theirs = measured[deq_name], measured[name]
             theirs.update(deq=deq_name, reduction=1 - ours["memory_bytes"] / theirs["memory_bytes"],
+                          accounted_reduction=1 - ours["total_bytes"] / theirs["total_bytes"],
                           driver_reduction=1 - ours["driver_bytes"] / theirs["driver_bytes"],
                           paper_reduction=1 - ours["paper_memory_gb"] / theirs["paper_memory_gb"])
     rows = [measured[name] for name in CONFIGS]
@@ -423,28 +455,33 @@ def render_memory_markdown(preset: str, rows: list[dict]) -> str:
              f"Protocol: sequence {PROTOCOL_SEQ}, batch {PROTOCOL_BATCH}, word embeddings excluded; each row runs "
              f"at the scale named (widths, depth, sequence x batch). On {rows[0]['device']} "
              f"(torch {torch.__version__}); the last of {rows[0]['steps']} training steps (Adam) is measured, on "
-             "Zipf-distributed random tokens. MB = 10^6 bytes. `total` = saved activations + the larger of the "
-             "forward/backward solver buffers (computed from the solver, m and B x T x d_state) + non-embedding "
-             "parameters, gradients and Adam moments; `method` says which number is `memory` (cpu-accounted: "
-             "`total`; cuda-max-allocated: torch's peak minus the embedding state). RSS includes the embedding "
-             "and the interpreter; NVML the CUDA context and cache.", "",
+             "Zipf-distributed random tokens. MB = 10^6 bytes. `memory` is the allocator's peak over forward + "
+             "backward with the word embedding frozen (activations, solver buffers, gradients, temporaries) + "
+             "the other weights and their Adam moments; the optimiser's update is left out, "
+             "by `method` (cpu-allocator-peak: the profiler's record of the CPU allocator; cuda-max-allocated: "
+             "torch's counter). `accounted` = saved activations + the larger of the forward/backward solver "
+             "buffers (computed from the solver, m and B x T x d_state) + non-embedding parameters, gradients "
+             "and Adam moments (no temporaries). RSS includes the embedding and the interpreter; NVML the CUDA "
+             "context and cache. `step s` is under the profiler on a CPU.", "",
              "| row | scale | method | params state MB | activations MB (driver) | solver buffers fwd / bwd MB | "
-             "memory MB | RSS peak MB | NVML MB | fwd / bwd iters | step s | paper GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "memory MB | accounted MB | RSS peak MB | NVML MB | fwd / bwd iters | step s | paper GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         iters = "" if r["fwd_iters"] is None else f"{r['fwd_iters']} / {r['bwd_iters']}"
         lines.append(
             f"| {r['name']} | {r['scale']} | {r['method']} | {_mb(r['param_state_bytes'])} | "
             f"{_mb(r['activation_bytes'])} ({_mb(r['driver_activation_bytes'])}) | "
             f"{_mb(r['fwd_buffer_bytes'])} / {_mb(r['bwd_buffer_bytes'])} | {_mb(r['memory_bytes'])} | "
+            f"{_mb(r['total_bytes'])} | "
             f"{_mb(r['rss_peak_bytes'])} | {_mb(r['nvml_process_peak_bytes'])} | {iters} | {r['step_s']:.1f} | "
             f"{r['paper_memory_gb']} |")
     lines += ["", "Why each scale: " + "; ".join(dict.fromkeys(f"{r['name']}: {r['scale_reason']}" for r in rows
                                                           if r["name"] in PAIRS)), "",
-              "| DEQ | vs explicit | memory reduction | driver-only reduction | paper's reduction |",
-              "|---|---|---|---|---|"]
+              "| DEQ | vs explicit | memory reduction | accounted | driver-only, accounted | paper's reduction |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
         if r["deq"]:
-            lines.append(f"| {r['deq']} | {r['name']} | {_pct(r['reduction'])} | {_pct(r['driver_reduction'])} | "
+            lines.append(f"| {r['deq']} | {r['name']} | {_pct(r['reduction'])} | {_pct(r['accounted_reduction'])} | "
+                         f"{_pct(r['driver_reduction'])} | "
                          f"{_pct(r['paper_reduction'])} |")
     return "\n".join(lines) + "\n"

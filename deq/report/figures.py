@@ -19,7 +19,8 @@ How to read each figure (this text is reused by the report captions):
   of the table's largest explicit model, the paper's bar (grey, labelled in GB) beside ours (blue,
   in MiB; measured on scaled-down models, so only the percentages compare). DEQ rows are hatched,
   with bold names. The footnote says how and at what scale memory was measured.
-- ``memory_vs_depth``: training memory (MiB, log) of one cell's explicit weight-tied stack (thick)
+- ``memory_vs_depth``: training memory (MiB, log; the allocator's peak over one step plus weights and
+  Adam moments, see :mod:`deq.bench.depth`) of one cell's explicit weight-tied stack (thick)
   and of the DEQ with several solvers against effective depth (layers, or the iteration cap);
   dotted: the activations autograd saved. The explicit stack grows linearly with depth, the DEQ
   only by its solver's buffers (Broyden's grow with the cap unless its history is bounded, ``-m8``).
@@ -232,7 +233,8 @@ def _memory_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:
 
 
 def _depth_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:
-    ax.set(title=title, xlabel="effective depth (layers or iteration cap, log2)", ylabel="training memory (MiB, log)")
+    ax.set(title=title, xlabel="effective depth (layers or iteration cap, log2)",
+           ylabel="training memory, measured peak (MiB, log)")
     rows = rows[rows.total_bytes > 0]
     if rows.empty:
         return _no_data(ax)
