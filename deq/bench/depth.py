@@ -41,22 +41,18 @@ DEPTHS = (2, 4, 8, 16, 32, 64)
 DEPTH_ROWS = {"transformer": "wt103-deq-transformer-small", "trellis": "ptb-deq-trellisnet"}
 
 
-@dataclass(frozen=True)
-class Variant:
-    solver: str  # forward solver, run to the cap
-    options: dict  # its options (m: the history)
-    backward_solver: str | None  # the implicit backward's solver; None: the row's
-    backward_options: dict
-
-
-# 'anderson' and 'broyden' (all pairs up to the cap: grows with it) keep the row's backward (Broyden with
-# the official code's 27 pairs at most); 'broyden-m8' bounds both histories to 8 pairs; 'anderson-fixed-point' solves the backward by plain
-# fixed-point iteration (one vector of history: the best iterate), as torchdeq does by default.
+# Each variant overrides the row's SolverSettings (forward solves always run to the cap). 'anderson' and
+# 'broyden' (all pairs up to the cap: grows with it) keep the row's backward (Broyden with the official
+# code's 27 pairs at most); 'broyden-m8' bounds both histories to 8 pairs; 'anderson-fixed-point' solves
+# the backward by plain fixed-point iteration (one vector of history: the best iterate), as torchdeq does
+# by default.
 DEQ_VARIANTS = {
-    "anderson": Variant("anderson", {}, None, {}),
-    "broyden": Variant("broyden", {}, None, {}),
-    "broyden-m8": Variant("broyden", {"m": 8}, "broyden", {"m": 8}),
-    "anderson-fixed-point": Variant("anderson", {}, "picard", {}),
+    "anderson": dict(solver="anderson", solver_options={}),
+    "broyden": dict(solver="broyden", solver_options={}),
+    "broyden-m8": dict(solver="broyden", solver_options={"m": 8}, backward_solver="broyden",
+                       backward_options={"m": 8}),
+    "anderson-fixed-point": dict(solver="anderson", solver_options={}, backward_solver="picard",
+                                 backward_options={}),
 }
 
 
@@ -115,12 +111,8 @@ def measure_depth(family: str, preset: str) -> list[dict]:
                      "total_bytes": peak + held_before, "accounted_bytes": saved + param_state,
                      "fwd_iters": depth, "iters_eq_cap": True, "bwd_iters": None, "fwd_rel_residual": None,
                      "bwd_rel_residual": None, "wall_s": wall})
-        for name, variant in DEQ_VARIANTS.items():
-            settings = replace(row.solver, solver=variant.solver, tol=UNREACHABLE_TOL, max_iter=depth,
-                               solver_options=variant.options,
-                               backward_solver=variant.backward_solver or row.solver.backward_solver,
-                               backward_options=variant.backward_options if variant.backward_solver else
-                               row.solver.backward_options)
+        for name, overrides in DEQ_VARIANTS.items():
+            settings = replace(row.solver, tol=UNREACHABLE_TOL, max_iter=depth, **overrides)
             saved, peak, info, wall = _depth_point(DEQDriver(cell, settings, row.mem_len), x, memory, readout)
             fwd, bwd = deq_buffer_bytes(settings, B, T * cell.d_state)
             rows.append({**base, "model": f"deq-{name}", "forward": _solver_name(settings.solver,

@@ -457,7 +457,7 @@ def render_memory_markdown(preset: str, rows: list[dict]) -> str:
              f"(torch {torch.__version__}); the last of {rows[0]['steps']} training steps (Adam) is measured, on "
              "Zipf-distributed random tokens. MB = 10^6 bytes. `memory` is the allocator's peak over forward + "
              "backward with the word embedding frozen (activations, solver buffers, gradients, temporaries) + "
-             "the other weights and their Adam moments; the optimiser's update is left out, "
+             "the other weights and their Adam moments, the optimiser's update left out; measured "
              "by `method` (cpu-allocator-peak: the profiler's record of the CPU allocator; cuda-max-allocated: "
              "torch's counter). `accounted` = saved activations + the larger of the forward/backward solver "
              "buffers (computed from the solver, m and B x T x d_state) + non-embedding parameters, gradients "
