@@ -1,5 +1,6 @@
 """Fixed-point solvers: correctness on known fixed points, robustness, and argument checking."""
 
+import importlib
 import math
 
 import pytest
@@ -122,8 +123,8 @@ def test_solve_builds_no_graph():
 @pytest.mark.parametrize("lam", [0.0, 1e-4])
 def test_anderson_survives_singular_systems(lam):
     # f(z) = z + b has no fixed point and makes every residual identical, so G G^T is rank one and,
-    # without a ridge, the mixing system is exactly singular. The official solver raises here; ours
-    # must keep going, return finite values and report non-convergence.
+    # without a ridge, the mixing system is exactly singular. v2's solver (lib/solvers.py, torch.solve)
+    # raises here at lam = 0; ours must keep going, return finite values and report non-convergence.
     b = torch.ones(3, 10)
     z, stats = deq.solve(lambda z: z + b, torch.zeros(3, 10), solver="anderson", tol=1e-6,
                          max_iter=20, stop_mode="abs", lam=lam)
@@ -158,7 +159,7 @@ def test_already_converged_start_returns_immediately():
     "kwargs, message",
     [
         ({"solver": "andersen"}, "unknown solver 'andersen'; choose from ['anderson', 'broyden', 'picard']"),
-        ({"stop_mode": "max"}, "unknown stop_mode 'max'; choose from ['abs', 'rel']"),
+        ({"stop_mode": "max"}, "unknown stop_mode 'max'; choose from ['abs', 'rel', 'batch_rms']"),
         ({"tol": 0.0}, "tol must be > 0, got tol=0.0"),
         ({"tol": -1e-3}, "tol must be > 0, got tol=-0.001"),
         ({"max_iter": 0}, "max_iter must be an integer >= 1, got max_iter=0"),
@@ -178,3 +179,95 @@ def test_bad_arguments_raise_naming_the_value(kwargs, message):
         deq.solve(f, torch.zeros(2, 3), **kwargs)
     assert str(err.value) == message
     assert not calls
+
+
+# ---- the DEQ paper's code (locuslab/deq v1, DEQModel/modules/broyden.py and deq.py) --------------------
+
+def test_official_threshold_is_max_iter_minus_one():
+    # v1 evaluates g once before its loop and once per step, `threshold` steps at most: threshold + 1
+    # evaluations. A row copying f_thres into max_iter would solve one step short of the paper's.
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return z + 1  # no fixed point: runs to the cap
+
+    _, stats = deq.solve(f, torch.zeros(2, 5, dtype=torch.float64), solver="broyden", tol=1e-6,
+                         max_iter=31, stop_mode="batch_rms")
+    assert len(calls) == stats.nfe == stats.n_iter == 31  # official threshold 30
+
+
+def test_broyden_keeps_every_pair_and_allocates_the_official_slots(monkeypatch):
+    # The official U and V^T have `threshold` = max_iter - 1 slots and no pair is ever dropped; a bound
+    # like 27 pairs (locuslab/mdeq's LBFGS_thres, not in locuslab/deq) would change every solve past 27.
+    module = importlib.import_module("deq.solvers.broyden")
+
+    shapes = []
+    real_empty = torch.Tensor.new_empty
+
+    def recording_empty(self, *size, **kwargs):
+        shapes.append(tuple(size))
+        return real_empty(self, *size, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", recording_empty)
+    # z -> A z + c with A Gaussian / (2 sqrt(d)) (spectral norm about 1, no LAPACK call): too large a
+    # problem to solve in 40 steps, so every pair matters.
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 300, 300, generator=g, dtype=torch.float64) / (2 * math.sqrt(300))
+    c = torch.randn(3, 300, generator=g, dtype=torch.float64)
+    f = lambda z: torch.einsum("bij,bj->bi", A, z) + c  # noqa: E731
+    z_all, s_all = module.broyden(f, torch.zeros(3, 300, dtype=torch.float64), tol=1e-30, max_iter=41,
+                                  stop_mode="abs")
+    assert shapes == [(3, 40, 300), (3, 40, 300)]
+    monkeypatch.undo()
+    _, s_27 = module.broyden(f, torch.zeros(3, 300, dtype=torch.float64), tol=1e-30, max_iter=41, stop_mode="abs",
+                             m=27)
+    _, s_40 = module.broyden(f, torch.zeros(3, 300, dtype=torch.float64), tol=1e-30, max_iter=41, stop_mode="abs",
+                             m=40)
+    assert torch.equal(s_all.abs_trace, s_40.abs_trace)  # every pair kept by default
+    assert torch.equal(s_all.abs_trace[:29], s_27.abs_trace[:29])  # the same until pair 28 would be dropped
+    assert not torch.allclose(s_all.abs_trace[29:], s_27.abs_trace[29:], rtol=1e-9, atol=0)
+
+
+def test_batch_rms_is_the_official_whole_batch_rule():
+    # v1 stops when ||g||_F over the whole batch < eps = c sqrt(numel), and returns the batch's lowest
+    # iterate: one sample far from converged keeps every sample iterating, and a sample that was
+    # better earlier is not kept apart from the batch.
+    scales = torch.tensor([[1e-9], [1.0]], dtype=torch.float64)
+    f = lambda z: 0.5 * z + scales  # noqa: E731  fixed point 2 * scales, residual halves per step
+    z, stats = deq.solve(f, torch.zeros(2, 4, dtype=torch.float64), solver="picard", tol=1e-6, max_iter=100,
+                         stop_mode="batch_rms")
+    g = f(z) - z
+    rms = g.norm() / math.sqrt(g.numel())
+    assert rms < 1e-6 and stats.converged.all()
+    assert stats.n_iter == 21  # 2^-k * sqrt(mean(scales^2)) = 0.71 * 2^-k < 1e-6 first at k = 20
+    assert torch.equal(stats.residual, torch.full((2,), rms.item(), dtype=torch.float64))
+    assert torch.allclose(stats.trace[:, 0], stats.trace[:, 1])
+    # One number for the batch: a sample whose own residual is above tol stops with the batch.
+    stuck = lambda z: z + torch.tensor([[0.0], [1.2e-6]], dtype=torch.float64)  # noqa: E731
+    rules = {mode: deq.solve(stuck, torch.zeros(2, 4, dtype=torch.float64), solver="picard", tol=1e-6,
+                             max_iter=50, stop_mode=mode)[1] for mode in ("batch_rms", "abs")}
+    assert rules["batch_rms"].n_iter == 1 and rules["abs"].n_iter == 50
+
+
+def test_batch_rms_stops_on_official_stagnation():
+    # v1 breaks when, after more than 30 steps, the residual is below 3 eps and the last 30 residuals are
+    # within a factor 1.3: a solve hovering just above the tolerance stops at step 31, not at the cap.
+    f = lambda z: z + 2e-6  # noqa: E731  constant residual 2e-6, between tol and 3 tol
+    _, stats = deq.solve(f, torch.zeros(1, 4, dtype=torch.float64), solver="picard", tol=1e-6, max_iter=100,
+                         stop_mode="batch_rms")
+    assert stats.n_iter == 32 and not stats.converged.any()
+    g = lambda z: z + 4e-6  # noqa: E731  above 3 tol: no stagnation exit
+    _, stats = deq.solve(g, torch.zeros(1, 4, dtype=torch.float64), solver="picard", tol=1e-6, max_iter=100,
+                         stop_mode="batch_rms")
+    assert stats.n_iter == 100
+
+
+def test_a_diverging_solve_runs_to_the_cap_and_returns_its_lowest_iterate():
+    # The official Broyden's protective break (stop once the residual exceeds 1e5 L times the first) is
+    # not modelled; what makes that harmless is that the solve still returns its lowest iterate.
+    f = lambda z: z + 1 + z * z  # noqa: E731  no fixed point; the residual 1 + z^2 is lowest at the start
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    for solver in SOLVER_NAMES:
+        z, stats = deq.solve(f, z0, solver=solver, tol=1e-6, max_iter=12, stop_mode="batch_rms")
+        assert stats.n_iter == 12 and torch.equal(z, z0), solver

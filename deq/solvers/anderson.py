@@ -10,7 +10,8 @@ bordered-system form (minimise ||sum alpha_i g_i|| with sum alpha_i = 1), but it
 dG dG^T is far better conditioned: when convergence is slow the raw residuals g_i are nearly
 parallel and their Gram matrix is close to rank one, which in float32 stalls the iteration.
 
-Robustness (the official implementation raises on a singular system):
+Robustness (v2's ``lib/solvers.py`` solves the bordered system with an absolute ridge by ``torch.solve``,
+which raises on a singular system, possible with lam = 0; v1 has no Anderson):
 - the ridge is relative, lam_eff = lam * mean(diag(dG dG^T)), so it means the same at every residual
   scale instead of swamping the problem once residuals are small;
 - the small n x n system is solved in float64 with ``torch.linalg.solve_ex``, which reports

@@ -11,7 +11,11 @@ the next step). Writing B dg = B g_new - B g and B_new g_new = B g_new + u (v . 
 B g_new and B^T dz, plus O(d) work, which is what keeps Broyden's overhead near Anderson's.
 
 With ``m`` < ``max_iter`` only the newest ``m`` pairs (u_j, v_j) are kept (a ring buffer; the
-oldest term is dropped), which bounds the solver's memory at 2 m d numbers per sample.
+oldest term is dropped), which bounds the solver's memory at 2 m d numbers per sample. By default
+every pair is kept, as in the DEQ paper's code (locuslab/deq v1 ``DEQModel/modules/broyden.py``, and v2
+``lib/solvers.py``), which preallocates ``threshold`` slots for U and V^T and evaluates g
+``threshold + 1`` times: the official ``threshold = t`` is ``max_iter = t + 1`` here, with the same
+``t`` slots allocated.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def broyden(
     ls_max_steps: int = 4,
 ) -> tuple[torch.Tensor, SolverStats]:
     """Broyden's method from ``z0`` (B, d) keeping the newest ``m`` low-rank pairs per sample (default:
-    all; never more slots than ``max_iter``, so a bounded history costs nothing on a short solve).
+    all; never more than ``max_iter - 1`` slots, the official solver's ``threshold``).
 
     ``line_search=True`` backtracks (halving, at most ``ls_max_steps`` times) until
     ||g||^2 decreases by the Armijo factor (1 - 1e-4 alpha); its trial evaluations count in nfe.
@@ -41,7 +45,7 @@ def broyden(
     """
     trace = Trace("broyden", f, z0, tol, stop_mode)
     B, d = z0.shape
-    m = max_iter if m is None else min(m, max_iter)
+    m = max(1, max_iter - 1 if m is None else min(m, max_iter - 1))
     U = z0.new_empty(B, m, d)  # u_j: the low-rank terms of B = -I + U^T V (slots filled as used)
     V = z0.new_empty(B, m, d)  # v_j
 

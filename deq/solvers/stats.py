@@ -6,6 +6,19 @@ relative residual ||f(z) - z|| / ||f(z)||, keeps the lowest-residual iterate see
 the metric named by ``stop_mode``), and says when every sample has met the tolerance.
 At the end it becomes a :class:`SolverStats`, a plain record the caller decides what to do
 with (log it, plot it, ignore it).
+
+Stop modes:
+
+- ``'abs'`` and ``'rel'``: per sample; each sample keeps its own lowest-residual iterate and the solve
+  stops once every sample meets ``tol``.
+- ``'batch_rms'``: the rule of the DEQ paper's code (locuslab/deq v1, ``DEQModel/modules/broyden.py``
+  with the tolerances of ``DEQModel/modules/deq.py``). One number for the whole batch, the root mean
+  square of g = f(z) - z over all its elements, ||g||_F / sqrt(numel); the official
+  ``eps = c * sqrt(bsz * d * L)`` on ||g||_F is exactly ``tol = c`` here. The whole batch moves to the
+  iterate with the lowest batch residual, and the solve also stops where the official one does when it
+  stagnates: after more than 30 steps, with the current residual below 3 tol and the last 30 residuals
+  within a factor 1.3 of each other. (The official protective break, a residual 1e5 * L times the first
+  one, is not modelled: the returned lowest iterate is the same; see docs/fidelity.md.)
 """
 
 from __future__ import annotations
@@ -15,7 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-STOP_MODES = ("abs", "rel")
+STOP_MODES = ("abs", "rel", "batch_rms")
+
+# The official stagnation exit (batch_rms): more than 30 steps, residual < 3 tol, last 30 within x1.3.
+_STAGNATION_STEPS, _STAGNATION_BAND, _STAGNATION_SPREAD = 30, 3.0, 1.3
 
 # Added to ||f(z)|| before dividing, so that a zero fixed point gives a finite relative residual.
 _REL_EPS = 1e-12
@@ -30,7 +46,7 @@ class SolverStats:
     """
 
     solver: str  # registry name of the solver that ran
-    stop_mode: str  # 'abs' or 'rel': which residual was compared with `tol`
+    stop_mode: str  # 'abs', 'rel' or 'batch_rms': which residual was compared with `tol`
     tol: float  # tolerance every sample had to reach
     abs_trace: torch.Tensor  # (n_iter, B) ||f(z_k) - z_k|| per sample
     rel_trace: torch.Tensor  # (n_iter, B) ||f(z_k) - z_k|| / ||f(z_k)|| per sample
@@ -39,16 +55,47 @@ class SolverStats:
     converged: torch.Tensor  # (B,) bool: the returned iterate meets `tol` in `stop_mode`
     n_iter: int  # iterates evaluated (rows of the traces); at most `max_iter`
     nfe: int  # calls to f (larger than n_iter only with a line search)
+    batch_trace: torch.Tensor | None = None  # batch_rms only: (n_iter, B) the batch's RMS residual, per sample
+    batch_residual: torch.Tensor | None = None  # batch_rms only: (B,) that of the returned iterate
 
     @property
     def residual(self) -> torch.Tensor:
-        """(B,) final residual in the metric named by ``stop_mode``."""
+        """(B,) final residual in the metric named by ``stop_mode`` (batch_rms: the batch's, per sample)."""
+        if self.stop_mode == "batch_rms":
+            return self.batch_residual
         return self.rel_residual if self.stop_mode == "rel" else self.abs_residual
 
     @property
     def trace(self) -> torch.Tensor:
         """(n_iter, B) residual trace in the metric named by ``stop_mode``."""
+        if self.stop_mode == "batch_rms":
+            return self.batch_trace
         return self.rel_trace if self.stop_mode == "rel" else self.abs_trace
+
+    @classmethod
+    def side_by_side(cls, parts: list[SolverStats]) -> SolverStats:
+        """One record for solves of separate parts of a problem (e.g. the chunks of a sequence), each
+        part's samples as more columns. A shorter solve's traces are padded with its last row (it had
+        stopped); ``n_iter`` and ``nfe`` are the largest part's, so that they compare with a cap and
+        with the depth of an explicit network run over the whole problem (each call covers one part)."""
+        if len(parts) == 1:
+            return parts[0]
+        n = max(p.n_iter for p in parts)
+
+        def columns(name: str) -> torch.Tensor | None:
+            if getattr(parts[0], name) is None:
+                return None
+            tensors = [getattr(p, name) for p in parts]
+            if tensors[0].dim() == 2:
+                tensors = [torch.cat([t, t[-1:].expand(n - len(t), -1)]) for t in tensors]
+            return torch.cat(tensors, dim=-1)
+
+        first = parts[0]
+        return cls(solver=first.solver, stop_mode=first.stop_mode, tol=first.tol,
+                   abs_trace=columns("abs_trace"), rel_trace=columns("rel_trace"),
+                   abs_residual=columns("abs_residual"), rel_residual=columns("rel_residual"),
+                   converged=columns("converged"), n_iter=n, nfe=max(p.nfe for p in parts),
+                   batch_trace=columns("batch_trace"), batch_residual=columns("batch_residual"))
 
     @property
     def fraction_converged(self) -> float:
@@ -69,6 +116,12 @@ class SolverStats:
 Function = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _batch_rms(abs_rows: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, B) per-sample ||g|| -> (n, B): each row's whole-batch RMS of g, repeated for every sample."""
+    rms = (abs_rows.square().mean(dim=1, keepdim=True) / size).sqrt()
+    return rms.expand_as(abs_rows)
+
+
 class Trace:
     """Evaluates ``f`` for a solver, logging residuals, the best iterate per sample and nfe."""
 
@@ -79,6 +132,9 @@ class Trace:
         self.best_z = z0.clone()  # (B, d)
         self.best_abs = torch.full(z0.shape[:1], float("inf"), dtype=z0.dtype, device=z0.device)
         self.best_rel = self.best_abs.clone()
+        self.size = z0[0].numel()  # elements per sample
+        self.batch_rows: list[torch.Tensor] = []  # batch_rms only: the batch residual per iterate
+        self.best_batch = self.best_abs[:1].clone()  # batch_rms only: the lowest batch residual (1,)
         self.nfe = 0
 
     def call(self, z: torch.Tensor) -> torch.Tensor:
@@ -103,21 +159,42 @@ class Trace:
         rel_res = abs_res / (fz.norm(dim=1) + _REL_EPS)
         self.abs_rows.append(abs_res)
         self.rel_rows.append(rel_res)
-        res = rel_res if self.stop_mode == "rel" else abs_res
-        best = self.best_rel if self.stop_mode == "rel" else self.best_abs
-        improved = res < best  # NaN never improves, so a diverging sample keeps its best point
+        if self.stop_mode == "batch_rms":  # one residual, one best iterate, for the whole batch
+            batch = _batch_rms(abs_res[None], self.size)[0, :1]  # (1,)
+            self.batch_rows.append(batch)
+            improved = (batch < self.best_batch).expand_as(abs_res)  # NaN never improves
+            self.best_batch = torch.minimum(batch, self.best_batch)
+        else:
+            res = rel_res if self.stop_mode == "rel" else abs_res
+            best = self.best_rel if self.stop_mode == "rel" else self.best_abs
+            improved = res < best  # NaN never improves, so a diverging sample keeps its best point
         torch.where(improved[:, None], z, self.best_z, out=self.best_z)  # in place: no new (B, d) buffer
         self.best_abs = torch.where(improved, abs_res, self.best_abs)
         self.best_rel = torch.where(improved, rel_res, self.best_rel)
         return g
 
     def done(self) -> bool:
-        """True once every sample's best iterate meets the tolerance (one device sync)."""
+        """True once every sample's best iterate meets the tolerance (one device sync).
+
+        batch_rms: once the current batch residual is below ``tol`` (the official ``new_objective < eps``),
+        or the solve has stagnated (module docstring).
+        """
+        if self.stop_mode == "batch_rms":
+            history = torch.cat(self.batch_rows[-_STAGNATION_STEPS:]).tolist()
+            current = history[-1]
+            if current < self.tol:
+                return True
+            steps = len(self.batch_rows) - 1
+            return (steps > _STAGNATION_STEPS and current < _STAGNATION_BAND * self.tol
+                    and max(history) / min(history) < _STAGNATION_SPREAD)
         best = self.best_rel if self.stop_mode == "rel" else self.best_abs
         return bool((best <= self.tol).all())
 
     def finish(self) -> tuple[torch.Tensor, SolverStats]:
+        batch = self.stop_mode == "batch_rms"
         best = self.best_rel if self.stop_mode == "rel" else self.best_abs
+        if batch:
+            best = self.best_batch.expand_as(self.best_abs)
         stats = SolverStats(
             solver=self.solver,
             stop_mode=self.stop_mode,
@@ -129,5 +206,7 @@ class Trace:
             converged=(best <= self.tol).cpu(),
             n_iter=len(self.abs_rows),
             nfe=self.nfe,
+            batch_trace=torch.cat(self.batch_rows)[:, None].expand(-1, len(best)).cpu() if batch else None,
+            batch_residual=best.cpu() if batch else None,
         )
         return self.best_z, stats
