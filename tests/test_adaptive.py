@@ -36,11 +36,13 @@ def test_nll_is_minus_the_log_probability_of_the_target(cutoffs, div_val):
 
 
 def test_output_weights_are_the_input_embeddings():
-    # Tying: the softmax adds only biases and cluster logits; embedding weights appear once.
+    # Tying: the softmax adds only biases, cluster logits and (div_val > 1) its own head projection;
+    # embedding weights appear once.
     emb, softmax = build()
     model = torch.nn.ModuleDict({"emb": emb, "softmax": softmax})
     own = sum(p.numel() for p in emb.parameters())
     extra = softmax.cluster_weight.numel() + softmax.cluster_bias.numel() + sum(b.numel() for b in softmax.biases)
+    extra += softmax.head_proj.numel() if softmax.head_proj is not None else 0
     assert sum(p.numel() for p in model.parameters()) == own + extra
 
 
@@ -54,3 +56,20 @@ def test_bad_cutoffs_raise():
         AdaptiveEmbedding(20, 8, 8, (12, 5))
     with pytest.raises(ValueError, match="got cutoffs=\\(5, 20\\)"):
         AdaptiveEmbedding(20, 8, 8, (5, 20))
+
+
+def test_head_cluster_has_its_own_projections_with_div_val_above_one():
+    # v1 adaptive_embedding.py gives every cluster a projection when div_val > 1, the head's too even at
+    # d_embed == d_proj, and the softmax's head projection is untied (tie_projs[0] is False): 2 d^2
+    # parameters the official medium adaptive DEQ-Transformer has (2 x 490,000 at d 700).
+    emb = AdaptiveEmbedding(20, 8, 8, (10,), div_val=2)
+    softmax = TiedAdaptiveLogSoftmax(emb)
+    assert set(emb.projs) == {"0", "1"} and emb.projs["0"].shape == (8, 8)
+    assert softmax.head_proj is not None and softmax.head_proj is not emb.projs["0"]
+    h = torch.randn(5, 8)
+    head = softmax._logits(h, 0)
+    assert torch.allclose(head, h @ softmax.head_proj @ emb.layers[0].weight.t() + softmax.biases[0])
+    tail = softmax._logits(h, 1)  # tails share the embedding's projection
+    assert torch.allclose(tail, h @ emb.projs["1"] @ emb.layers[1].weight.t() + softmax.biases[1])
+    plain = AdaptiveEmbedding(20, 8, 8, (10,), div_val=1)
+    assert len(plain.projs) == 0 and TiedAdaptiveLogSoftmax(plain).head_proj is None

@@ -26,11 +26,12 @@ def test_fifty_steps_fit_one_batch(family):
     # the current one, while any predictor that ignores its input stays at ln(V) (starts are random,
     # so every token is equally likely). Getting below half of ln(V) in 50 Adam steps needs the
     # input to reach the output through the equilibrium and the implicit gradient to train it.
-    # Measured at this seed: transformer 1.54, trellis 1.32, against a threshold of 1.96.
+    # Measured at this seed: transformer 0.32, trellis 0.81, against a threshold of 1.96 (div_val 1: no
+    # adaptive projections, which slow this tiny fit and are not what it tests).
     torch.manual_seed(0)
     settings = SolverSettings(solver="anderson", tol=1e-3, max_iter=20, backward_solver="broyden",
                               backward_tol=1e-4, backward_max_iter=20)
-    model = LanguageModel(V, D, D, DEQDriver(cell(family), settings, mem_len=8), cutoffs=(10,), div_val=2,
+    model = LanguageModel(V, D, D, DEQDriver(cell(family), settings, mem_len=8), cutoffs=(10,), div_val=1,
                           init_std=0.1)
     tokens = (torch.randint(0, V, (4, 1)) + torch.arange(17)) % V  # (4, 17)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]

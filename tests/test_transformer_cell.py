@@ -215,7 +215,8 @@ def test_config_rejects_bad_values_by_name(field: str, value) -> None:
 
 @pytest.mark.parametrize("with_memory", [False, True])
 def test_broyden_finds_the_fixed_point_at_official_init_pre_ln(with_memory: bool) -> None:
-    # DEQ smoke check at the official init (N(0, 0.01)): Broyden reaches ||f(z)-z||/||f(z)|| < 1e-6.
+    # DEQ smoke check at the official init (inject and attention biases N(0, 0.01), the weight-normed maps
+    # torch's default): Broyden reaches ||f(z)-z||/||f(z)|| < 1e-6.
     # Pre-LN is used here because at that init the post-LN cell is not solvable to 1e-6 in 100
     # steps (see the next test); pre-LN converges in <= 30 Broyden steps over seeds 0..9.
     cell = make_cell(init_std=0.01, pre_lnorm=True)
@@ -230,11 +231,55 @@ def test_broyden_finds_the_fixed_point_at_official_init_pre_ln(with_memory: bool
 
 
 def test_post_ln_at_small_init_is_near_the_projection_onto_the_sphere() -> None:
-    # With N(0, 0.01) weights the attention and FF outputs are tiny, so post-LN f(z) ~ LN(z): every
+    # With N(0, 0.01) weights (no weight norm: with it the maps keep torch's larger default init, as in
+    # the official code) the attention and FF outputs are tiny, so post-LN f(z) ~ LN(z): every
     # normalised z is almost a fixed point and J_f ~ I on that sphere. f is then no contraction,
     # which is why the fixed-point smoke check above uses pre-LN.
-    cell = make_cell(init_std=0.01)
+    cell = make_cell(init_std=0.01, weight_norm=False)
     z, x = segment(cell)
     z = torch.nn.functional.layer_norm(z, (D,))
     fz = cell(z, cell.inject(x, None), None)
     assert (fz - z).norm() / fz.norm() < 0.05
+
+
+# ---- the paper-time official cell (locuslab/deq v1, DEQModel/models/transformers/deq_transformer.py) ----
+
+def test_dropout_sites_and_mask_shapes_are_the_official_ones():
+    # v1 drops after the attention's o_net and after ff2 (one mask per sample and channel), after the
+    # ReLU (drop1: per sample and d_inner channel), and on the sinusoids before r_net (one mask per
+    # channel for the whole batch). A missing site or a per-position mask changes the regulariser.
+    cell = make_cell(dropout=0.5).train()
+    z = torch.randn(B, T, D, dtype=torch.float64)
+    cell.reset_dropout(z)
+    assert cell.drop_attn.mask.shape == cell.drop_ff.mask.shape == (B, 1, D)
+    assert cell.ff.drop_inner.mask.shape == (B, 1, D_INNER)
+    assert cell.attn.drop_pos.mask.shape == (1, 1, D)
+    seen = {}
+    for name in ("drop_inner", "drop_pos"):
+        module = getattr(cell.ff if name == "drop_inner" else cell.attn, name)
+        module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].shape))
+    u = cell.inject(torch.randn(B, T, D, dtype=torch.float64), None)
+    cell(z, u, None)
+    assert seen == {"drop_inner": (B, T, D_INNER), "drop_pos": (1, T, D)}  # after the ReLU; the sinusoids
+    x = torch.randn(B, T, D_INNER, dtype=torch.float64)
+    assert torch.equal(cell.ff.drop_inner(x) == 0, (cell.ff.drop_inner.mask == 0).expand_as(x))
+
+
+def test_initialisation_is_what_the_official_script_ends_up_with():
+    # v1's weights_init writes N(0, 0.01) into each Conv1d's weight, but for the weight-normed maps of f
+    # that is the computed weight, recomputed from the untouched v and g before the first forward: they
+    # keep torch's default, U(+-1/sqrt(fan_in)) (std 0.0218 at fan_in 700). Biases are zero, inject and
+    # the attention biases N(0, 0.01), and o_net has a bias.
+    torch.manual_seed(0)
+    cell = TransformerCell(TransformerCellConfig(d_model=700, n_head=10, d_head=70, d_inner=2000, dropout=0.0))
+    for lin, fan_in in ((cell.attn.qkv_net, 700), (cell.attn.o_net, 700), (cell.ff.fc, 700), (cell.ff.proj, 2000)):
+        w = lin.weight.detach()
+        assert w.abs().max() <= 1 / math.sqrt(fan_in)
+        assert w.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.02)
+    assert cell.attn.o_net.bias is not None and not cell.attn.o_net.bias.any()
+    assert not cell.ff.fc.bias.any() and not cell.ff.proj.bias.any()
+    for w in (cell.inject_net.weight, cell.attn.r_w_bias, cell.attn.r_r_bias):
+        assert w.detach().std().item() == pytest.approx(0.01, rel=0.1)
+    plain = TransformerCell(TransformerCellConfig(d_model=64, n_head=2, d_head=32, d_inner=64, dropout=0.0,
+                                                  weight_norm=False))
+    assert plain.ff.fc.weight.detach().std().item() == pytest.approx(0.01, rel=0.1)  # no weight norm: N(0, std)

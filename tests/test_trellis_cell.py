@@ -113,6 +113,7 @@ def test_one_step_matches_the_lstm_gate_formula_by_hand():
         cell.inject_conv.weight.copy_(W[:, None, :])
         cell.inject_conv.bias.copy_(b)
         cell.hidden_conv.weight.copy_(U[:, None, :])
+        cell.hidden_conv.bias.zero_()  # the official recurrent bias adds to the injection's b
     xs, hs, cs = [0.7, -1.2, 0.4], [0.3, -0.5, 0.8], [-0.2, 0.6, 1.1]  # index 0 is the memory (t = -1)
     mem = tuple(torch.tensor([[[v[0]]]], dtype=torch.float64) for v in (xs, hs, cs))
     x = torch.tensor(xs[1:], dtype=torch.float64).view(1, 2, 1)
@@ -191,3 +192,17 @@ def test_deq_solve_converges_at_small_init():
         assert bool(stats.converged.all()), stats.summary()
         fz = cell(z_star, u, memory)
         assert ((fz - z_star).norm() / fz.norm()).item() < 1e-6
+
+
+def test_initialisation_is_what_the_official_script_ends_up_with():
+    # v1 deq_trellisnet.py: the recurrent WeightShareConv1d draws weight and bias from N(0, 0.01); the
+    # injection conv keeps torch's default (uniform in +-1/sqrt(fan_in), bias too); weight norm starts
+    # at w = v. Both convs have a bias (the recurrent one is counted in the official 174,168,738).
+    torch.manual_seed(0)
+    cell = TrellisCell(TrellisCellConfig(d_embed=500, d_hidden=400, d_out=100, dropout=0.0))
+    hidden, inject = cell.hidden_conv, cell.inject_conv
+    assert hidden.weight.detach().std().item() == pytest.approx(0.01, rel=0.05)
+    assert hidden.bias.detach().std().item() == pytest.approx(0.01, rel=0.1)
+    bound = 1 / math.sqrt(500 * 2)  # fan_in = channels x kernel
+    assert inject.weight.detach().abs().max() <= bound and inject.bias.detach().abs().max() <= bound
+    assert inject.weight.detach().std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)

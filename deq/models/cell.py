@@ -44,8 +44,9 @@ class Cell(Protocol):
         """f(z): (B, T, d_state) -> (B, T, d_state)."""
 
     def next_memory(self, z: torch.Tensor, injection: torch.Tensor, x: torch.Tensor,
-                    memory: Memory | None, mem_len: int) -> Memory:
-        """The next segment's memory from this segment's final z (detached, no graph)."""
+                    memory: Memory | None, mem_len: int, detach: bool = True) -> Memory:
+        """The next segment's memory from this segment's final z (detached, no graph); with
+        ``detach=False``, the memory of the next chunk of the same segment (graph kept)."""
 
     def readout(self, z: torch.Tensor) -> torch.Tensor:
         """The part of z passed to the decoder: (B, T, d_out)."""

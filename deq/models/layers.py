@@ -19,27 +19,30 @@ from torch.nn.utils import parametrizations, parametrize
 
 
 class VariationalDropout(nn.Module):
-    """Dropout with one mask per :meth:`reset`, shared over the time axis (dim 1).
+    """Dropout with one mask per :meth:`reset`, shared over the dims in ``shared`` (default: time, dim 1).
 
-    Call ``reset(x)`` once per training step with a tensor shaped like the input (B, T, C); every
-    later ``forward`` in that step multiplies by the same (B, 1, C) mask. In eval mode, or with
-    ``p == 0``, it is the identity. Without a reset in training mode it raises, because silently
-    running without a mask would change the model.
+    Call ``reset(x)`` once per training step with a tensor shaped like the input; every later
+    ``forward`` in that step multiplies by the same mask, whose size is 1 along each shared dim and
+    ``x``'s elsewhere: (B, 1, C) for the default, (B, T, 1) with ``shared=(2,)`` (whole positions
+    dropped, as the official DEQ-Transformer's output dropout), (1, 1, C) with ``shared=(0, 1)`` (one
+    mask for the batch, as its positional-embedding dropout). In eval mode, or with ``p == 0``, it is
+    the identity. Without a reset in training mode it raises, because silently running without a
+    mask would change the model.
     """
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, shared: tuple[int, ...] = (1,)):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout must be in [0, 1), got {p=}")
-        self.p = p
+        self.p, self.shared = p, tuple(shared)
         self.mask: torch.Tensor | None = None
 
     def reset(self, like: torch.Tensor) -> None:
         if not self.training or self.p == 0:
             self.mask = None
             return
-        B, _, C = like.shape
-        keep = torch.empty(B, 1, C, dtype=like.dtype, device=like.device).bernoulli_(1 - self.p)
+        shape = [1 if dim in self.shared else n for dim, n in enumerate(like.shape)]
+        keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - self.p)
         self.mask = keep / (1 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

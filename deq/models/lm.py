@@ -32,13 +32,22 @@ class LMOutput:
 
 class LanguageModel(nn.Module):
     def __init__(self, n_token: int, d_embed: int, d_model: int, driver: nn.Module, cutoffs: tuple[int, ...] = (),
-                 div_val: int = 1, dropout_embed: float = 0.0, dropout_out: float = 0.0, init_std: float = 0.01):
-        """``d_model`` is the width the driver reads (its cell's d_embed) and writes (d_out)."""
+                 div_val: int = 1, dropout_embed: float = 0.0, dropout_out: float = 0.0, init_std: float = 0.01,
+                 embed_init_range: float | None = None, drop_out_positions: bool = False):
+        """``d_model`` is the width the driver reads (its cell's d_embed) and writes (d_out).
+
+        Dropout on the embeddings draws one mask per sample and channel, shared over time; on the output,
+        the same, or with ``drop_out_positions`` one per sample and position, shared over channels (whole
+        positions dropped). The official code (v1 ``VariationalDropout`` draws its mask from ``x[:, :1]``)
+        does the first on the DEQ-TrellisNet's (B, T, d) output and the second on the DEQ-Transformer's
+        (B, d, T) one. Embedding tables ~ N(0, init_std), or U(+-embed_init_range) where given.
+        """
         super().__init__()
-        self.embedding = AdaptiveEmbedding(n_token, d_embed, d_model, cutoffs, div_val, init_std)
+        self.embedding = AdaptiveEmbedding(n_token, d_embed, d_model, cutoffs, div_val, init_std, embed_init_range)
         self.softmax = TiedAdaptiveLogSoftmax(self.embedding)
         self.driver = driver
-        self.drop_embed, self.drop_out = VariationalDropout(dropout_embed), VariationalDropout(dropout_out)
+        self.drop_embed = VariationalDropout(dropout_embed)
+        self.drop_out = VariationalDropout(dropout_out, shared=(2,) if drop_out_positions else (1,))
 
     def set_pretraining(self, n_layer: int | None) -> None:
         """Run a DEQ driver as a weight-tied stack of ``n_layer`` cells (None: back to the solver)."""

@@ -7,8 +7,14 @@ previous segment, detached.
 
     u      = inject(x)                                           # Conv1x1 d_embed -> 3*H*Dh
     heads  = qkv_net([z_mem; z]) + [u_mem; u]                    # injection added to Q, K, V
-    z'     = LN(z + drop(attn(heads)))                           # post-LN, no affine (the paper's)
-    f(z)   = LN(z' + drop(FF(z')))
+    r      = r_net(drop_pos(sinusoids))                          # relative positions, dropped channels
+    z'     = LN(z + drop(o_net(attn(heads, r))))                 # post-LN, no affine (the paper's)
+    f(z)   = LN(z' + drop(ff2(drop(relu(ff1(z'))))))
+
+Checked against the paper-time official code (locuslab/deq v1, ``DEQModel/models/transformers/
+deq_transformer.py``, commit 3fba434): the same dropout sites and mask shapes (attention output,
+after the ReLU and after ff2: one mask per sample and channel, shared over time; the sinusoids: one
+mask per channel for the whole batch), an o_net with a bias, and its initialisation (below).
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ class TransformerCellConfig:
     dropout: float  # variational dropout on the attention output and the FF output, in [0, 1)
     pre_lnorm: bool = False  # False: post-LN (the paper's); True: pre-LN residual blocks
     weight_norm: bool = True  # weight normalisation on every linear map inside f (not on inject)
-    init_std: float = 0.01  # weights ~ N(0, init_std): the official code's 0.01 (the paper says 0.05)
+    # N(0, init_std) for inject, the attention biases r_w/r_r and any map without weight norm (the official
+    # train_transformer.py's --init_std 0.01; the paper says 0.05). Weight-normed maps keep torch's
+    # default init: the official script writes N(0, 0.01) into their computed weight, which weight norm
+    # then recomputes from the untouched v and g (see _linear).
+    init_std: float = 0.01
     d_embed: int | None = None  # width of the embeddings entering inject; None means d_model
 
     def __post_init__(self) -> None:
@@ -75,12 +85,17 @@ def rel_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(d_in: int, d_out: int, bias: bool, cfg: TransformerCellConfig) -> nn.Linear:
-    # Init before weight norm, so weight_norm's g = ||v|| keeps w = N(0, init_std) exactly.
+    """A map inside f, initialised as the official code's ends up (v1 ``train_transformer.py``
+    ``weights_init``): zero bias; with weight norm, torch's default weight, U(+-1/sqrt(d_in)) (std
+    1/sqrt(3 d_in): the official N(0, 0.01) lands in the computed weight, which weight norm's reset
+    overwrites before the first forward); without it, N(0, init_std)."""
     lin = nn.Linear(d_in, d_out, bias=bias)
-    nn.init.normal_(lin.weight, 0.0, cfg.init_std)
     if bias:
         nn.init.zeros_(lin.bias)
-    return weight_normed(lin) if cfg.weight_norm else lin
+    if cfg.weight_norm:
+        return weight_normed(lin)  # g = ||v|| per output row, so w = v: the default init exactly
+    nn.init.normal_(lin.weight, 0.0, cfg.init_std)
+    return lin
 
 
 class RelMultiHeadAttention(nn.Module):
@@ -92,10 +107,11 @@ class RelMultiHeadAttention(nn.Module):
         self.n_head, self.d_head, self.scale = H, Dh, 1 / math.sqrt(Dh)
         self.qkv_net = _linear(cfg.d_model, 3 * H * Dh, bias=False, cfg=cfg)  # inject's bias stands in
         self.r_net = _linear(cfg.d_model, H * Dh, bias=False, cfg=cfg)
-        self.o_net = _linear(H * Dh, cfg.d_model, bias=False, cfg=cfg)
+        self.o_net = _linear(H * Dh, cfg.d_model, bias=True, cfg=cfg)  # official Conv1d default: a bias
         # Transformer-XL initialises the content and position biases like the weights.
         self.r_w_bias = nn.Parameter(torch.randn(H, Dh) * cfg.init_std)  # u in Dai et al. (content)
         self.r_r_bias = nn.Parameter(torch.randn(H, Dh) * cfg.init_std)  # v in Dai et al. (position)
+        self.drop_pos = VariationalDropout(cfg.dropout, shared=(0, 1))  # (1, 1, d_model): the official (1, d, 1)
 
     def forward(self, h: torch.Tensor, u: torch.Tensor, T: int) -> torch.Tensor:
         """h: [z_mem; z] (B, K, d_model), u: [u_mem; u] (B, K, 3*H*Dh) -> (B, T, d_model), K = M + T."""
@@ -106,8 +122,8 @@ class RelMultiHeadAttention(nn.Module):
         q = q[:, -T:].view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh): queries for this segment only
         k = k.view(B, K, H, Dh).transpose(1, 2)  # (B, H, K, Dh)
         v = v.view(B, K, H, Dh).transpose(1, 2)  # (B, H, K, Dh)
-        pos = relative_position_embedding(K, h.size(-1), h.dtype, h.device)  # (K, d_model)
-        r = self.r_net(pos).view(K, H, Dh).transpose(0, 1)  # (H, K, Dh)
+        pos = self.drop_pos(relative_position_embedding(K, h.size(-1), h.dtype, h.device)[None])  # (1, K, d)
+        r = self.r_net(pos[0]).view(K, H, Dh).transpose(0, 1)  # (H, K, Dh)
 
         ac = (q + self.r_w_bias[:, None]) @ k.transpose(-1, -2)  # (B, H, T, K) content terms
         bd = rel_shift((q + self.r_r_bias[:, None]) @ r.transpose(-1, -2))  # (B, H, T, K) position
@@ -119,15 +135,23 @@ class RelMultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise Linear(d_model, d_inner) -> ReLU -> Linear(d_inner, d_model)."""
+    """Position-wise Linear(d_model, d_inner) -> ReLU -> dropout -> Linear(d_inner, d_model).
+
+    The dropout after the ReLU is the official ``drop1`` (v1 ``WeightSharePositionwiseFF``): one
+    (B, 1, d_inner) mask per step, drawn by :meth:`reset_dropout`.
+    """
 
     def __init__(self, cfg: TransformerCellConfig):
         super().__init__()
         self.fc = _linear(cfg.d_model, cfg.d_inner, bias=True, cfg=cfg)
+        self.drop_inner = VariationalDropout(cfg.dropout)
         self.proj = _linear(cfg.d_inner, cfg.d_model, bias=True, cfg=cfg)
 
+    def reset_dropout(self, z: torch.Tensor) -> None:
+        self.drop_inner.reset(z.new_empty(z.size(0), 1, self.fc.out_features))  # mask (B, 1, d_inner)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.fc(x)))  # (B, T, d_model)
+        return self.proj(self.drop_inner(F.relu(self.fc(x))))  # (B, T, d_model)
 
 
 class TransformerCell(nn.Module):
@@ -160,6 +184,8 @@ class TransformerCell(nn.Module):
     def reset_dropout(self, z: torch.Tensor) -> None:
         self.drop_attn.reset(z)  # masks (B, 1, d_model)
         self.drop_ff.reset(z)
+        self.ff.reset_dropout(z)  # (B, 1, d_inner)
+        self.attn.drop_pos.reset(z[:1, :1])  # (1, 1, d_model)
 
     def init_state(self, injection: torch.Tensor) -> torch.Tensor:
         B, T, _ = injection.shape
@@ -177,13 +203,16 @@ class TransformerCell(nn.Module):
         return self.ln_ff(z + self.drop_ff(self.ff(z)))  # (B, T, d_model)
 
     def next_memory(self, z: torch.Tensor, injection: torch.Tensor, x: torch.Tensor,
-                    memory: Memory | None, mem_len: int) -> Memory:
-        """The last mem_len rows of [z_mem; z] and [u_mem; injection], detached: (B, <=mem_len, .)."""
+                    memory: Memory | None, mem_len: int, detach: bool = True) -> Memory:
+        """The last mem_len rows of [z_mem; z] and [u_mem; injection]: (B, <=mem_len, .), detached unless
+        ``detach=False`` (a chunk's memory within a segment, through which gradients flow)."""
         if not isinstance(mem_len, int) or mem_len < 0:
             raise ValueError(f"mem_len must be a non-negative int, got {mem_len=}")
         z_mem, u_mem = memory if memory is not None else (z[:, :0], injection[:, :0])
-        z_all = torch.cat([z_mem, z], dim=1).detach()  # (B, M+T, d_model)
-        u_all = torch.cat([u_mem, injection], dim=1).detach()  # (B, M+T, 3*H*Dh)
+        z_all = torch.cat([z_mem, z], dim=1)  # (B, M+T, d_model)
+        u_all = torch.cat([u_mem, injection], dim=1)  # (B, M+T, 3*H*Dh)
+        if detach:
+            z_all, u_all = z_all.detach(), u_all.detach()
         start = max(0, z_all.size(1) - mem_len)  # not [-mem_len:], which keeps everything at 0
         return z_all[:, start:], u_all[:, start:]
 

@@ -16,16 +16,18 @@ for the first segment), so f(z)_t depends on z_{<=t}, x_{<=t} and the memory onl
 Conventions taken from the official code (locuslab/deq v1 ``deq_trellisnet.py``, locuslab/trellisnet):
 - h is ``h_size = nhid + nout`` wide and the decoder reads its *last* nout channels
   (``Z[:, h_size-nout:h_size]``). The official WT103 script (nhid 1500, nout 500) is therefore
-  ``d_hidden=2000, d_out=500`` here; that width gives the ~174M parameters PAPER.md counts
-  (d_hidden=1500 would give ~158M).
+  ``d_hidden=2000, d_out=500`` here; that width gives exactly the official model's 174,168,738
+  parameters (d_hidden=1500 would give ~158M).
 - One dropout mask per step on h, applied to the memory column h_{-1} as well (the official code
   drops the padded sequence).
 - Gate order i, o, g, f; weight norm over all but the output channel of each conv (dim 0).
-Differences from it, on purpose: the official code zero-pads x at every segment start; here x_{-1}
-is carried in the memory, so that cutting a stream into segments does not change f. Its recurrent
-conv also has a bias, redundant with the injection's, and is dropped here. Init here is N(0, init_std)
-on both conv weights with zero biases (official: N(0, 0.01) weights, N(0, 0.01) recurrent bias,
-torch's default init on the injection conv).
+- Both convs have a bias (the recurrent one is redundant with the injection's, but it is a parameter
+  the official model trains: without it the WT103 count is 8,000 short of the official 174,168,738).
+- Init as the official one: the recurrent conv N(0, init_std) weights and bias (``WeightShareConv1d
+  .init_weights``, 0.01), the injection conv torch's default (kaiming-uniform weights, uniform bias);
+  weight norm keeps w = v at init.
+Difference from it, on purpose (docs/fidelity.md): the official code zero-pads x at every segment
+start; here x_{-1} is carried in the memory, so that cutting a stream into segments does not change f.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class TrellisCellConfig:
     dropout: float  # variational dropout on h before the recurrent conv, in [0, 1) (official dropouth, 0.1)
     kernel_size: int = 2  # temporal kernel of both convs; only 2 (the official value) is implemented
     weight_norm: bool = True  # weight normalisation on the injection conv and the recurrent conv
-    init_std: float = 0.01  # conv weights ~ N(0, init_std), biases zero (official code 0.01, paper 0.05)
+    init_std: float = 0.01  # recurrent conv weight and bias ~ N(0, init_std) (official code 0.01, paper 0.05)
 
     def __post_init__(self) -> None:
         for name in ("d_embed", "d_hidden", "d_out"):
@@ -67,12 +69,15 @@ class TrellisCellConfig:
             raise ValueError(f"init_std must be positive, got init_std={self.init_std!r}")
 
 
-def _conv(d_in: int, d_out: int, bias: bool, cfg: TrellisCellConfig) -> nn.Module:
-    # Init before weight norm, so weight_norm's g = ||v|| keeps w = N(0, init_std) exactly.
-    conv = nn.Conv1d(d_in, d_out, cfg.kernel_size, bias=bias)
-    nn.init.normal_(conv.weight, 0.0, cfg.init_std)
-    if bias:
-        nn.init.zeros_(conv.bias)
+def _conv(d_in: int, d_out: int, cfg: TrellisCellConfig, init_std: float | None) -> nn.Module:
+    """A kernel-2 conv with a bias: weight and bias ~ N(0, init_std), or torch's default init for None.
+
+    Initialised before weight norm, so that weight_norm's g = ||v|| keeps w exactly as drawn.
+    """
+    conv = nn.Conv1d(d_in, d_out, cfg.kernel_size)
+    if init_std is not None:
+        nn.init.normal_(conv.weight, 0.0, init_std)
+        nn.init.normal_(conv.bias, 0.0, init_std)
     return weight_normed(conv) if cfg.weight_norm else conv
 
 
@@ -105,8 +110,8 @@ class TrellisCell(nn.Module):
         self.cfg = cfg
         self.d_state = 2 * cfg.d_hidden  # z = [h; c]
         self.d_out = cfg.d_out
-        self.inject_conv = _conv(cfg.d_embed, 4 * cfg.d_hidden, True, cfg)  # W0, W1, b
-        self.hidden_conv = _conv(cfg.d_hidden, 4 * cfg.d_hidden, False, cfg)  # U0, U1 (bias lives in inject)
+        self.inject_conv = _conv(cfg.d_embed, 4 * cfg.d_hidden, cfg, init_std=None)  # W0, W1, b: torch default
+        self.hidden_conv = _conv(cfg.d_hidden, 4 * cfg.d_hidden, cfg, init_std=cfg.init_std)  # U0, U1, b
         self.drop = VariationalDropout(cfg.dropout)
 
     def _memory(self, memory: Memory | None, like: torch.Tensor) -> Memory:
@@ -144,12 +149,15 @@ class TrellisCell(nn.Module):
         return torch.cat([h_new, c_new], dim=-1)  # (B, T, 2*d_hidden)
 
     def next_memory(self, z: torch.Tensor, injection: torch.Tensor, x: torch.Tensor,
-                    memory: Memory | None, mem_len: int) -> Memory:
+                    memory: Memory | None, mem_len: int, detach: bool = True) -> Memory:
         """(x_last (B, 1, d_embed), h_last, c_last (B, 1, d_hidden)) from the segment's final step.
 
-        Detached and copied, so the segment's graph and full-length tensors can be freed. ``mem_len``
+        Detached and copied, so the segment's graph and full-length tensors can be freed; with
+        ``detach=False`` (a chunk's memory within a segment) views that keep the graph. ``mem_len``
         is ignored: a kernel-2 TrellisNet looks back exactly one step.
         """
+        if not detach:
+            return (x[:, -1:], *z[:, -1:].chunk(2, dim=-1))
         h_last, c_last = z[:, -1:].detach().chunk(2, dim=-1)  # (B, 1, d_hidden) each
         return x[:, -1:].detach().clone(), h_last.clone(), c_last.clone()
 
