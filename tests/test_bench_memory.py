@@ -69,10 +69,11 @@ def test_explicit_activation_memory_grows_linearly_with_depth(depth_rows, family
 
 
 def test_full_history_broyden_buffers_grow_with_the_cap_and_bounded_ones_do_not(depth_rows):
-    # Broyden keeps U, V (B, m, d) with m = max_iter by default: linear in the cap; m = 8 caps it.
+    # Broyden keeps U, V (B, m, d) with m = max_iter - 1 by default: linear in the cap; m = 8 caps it
+    # (from cap 9 on: below it there are fewer slots than 8).
     full, bounded = _by(depth_rows, "transformer", "deq-broyden"), _by(depth_rows, "transformer", "deq-broyden-m8")
     assert full[64]["fwd_buffer_bytes"] > 7 * full[8]["fwd_buffer_bytes"]
-    assert bounded[64]["fwd_buffer_bytes"] == bounded[8]["fwd_buffer_bytes"]
+    assert bounded[64]["fwd_buffer_bytes"] == bounded[16]["fwd_buffer_bytes"] > bounded[8]["fwd_buffer_bytes"]
 
 
 def test_protocol_table_has_one_row_per_paper_row_with_the_documented_columns(protocol_rows):
@@ -128,10 +129,10 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
 
 def test_solver_buffers_follow_the_solvers_allocations():
     # Anderson: dG, dS (m each), the 2-row probe and the best iterate, plus the float64 Gram matrix;
-    # Broyden: U, V with m = max_iter unless given, plus the best iterate.
+    # Broyden: U, V with m = max_iter - 1 slots (the official threshold) unless given, plus the best iterate.
     B, d = 3, 10
     assert memory.solver_buffer_bytes("anderson", 30, {}, B, d) == (2 * 6 + 2 + 1) * B * d * 4 + B * 36 * 8
-    assert memory.solver_buffer_bytes("broyden", 30, {}, B, d) == (2 * 30 + 1) * B * d * 4
+    assert memory.solver_buffer_bytes("broyden", 30, {}, B, d) == (2 * 29 + 1) * B * d * 4  # threshold 29
     assert memory.solver_buffer_bytes("broyden", 30, {"m": 8}, B, d) == (2 * 8 + 1) * B * d * 4
     with pytest.raises(ValueError, match="unknown solver 'andersen'"):
         memory.solver_buffer_bytes("andersen", 30, {}, B, d)

@@ -34,7 +34,7 @@ def documented() -> dict[str, tuple[int, int]]:
     for line in PARAMS_MD.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if cells[0] in CONFIGS:
-            counts[cells[0]] = (int(cells[3].replace(",", "")), int(cells[6].replace(",", "")))
+            counts[cells[0]] = (int(cells[4].replace(",", "")), int(cells[7].replace(",", "")))
     return counts
 
 
@@ -64,6 +64,20 @@ def test_documented_counts_equal_the_code(name):
     # into it would make the documented counts silently wrong.
     row = measured()[name]
     assert documented()[name] == (row.total, row.non_embedding), "rerun: python -m deq.models.params"
+
+
+# The official scripts' models, counted with the paper-time code (locuslab/deq v1, 3fba434, DEQModel/):
+# DEQTransformerLM of run_wt103_deq_transformer.sh, DEQTrellisNetLM + SplitCrossEntropyLoss of
+# run_wt103_deq_trellisnet.sh. The two rows built from a released script must be those models.
+OFFICIAL_COUNTS = {"wt103-deq-transformer-medium-adaptive": 97_691_888, "wt103-deq-trellisnet": 174_168_738}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_COUNTS))
+def test_rows_with_an_official_script_count_exactly_what_it_builds(name):
+    # A missing head projection, bias or cluster shows up here as a few hundred or thousand parameters.
+    assert CONFIGS[name].official_params == OFFICIAL_COUNTS[name]
+    assert measured()[name].total == OFFICIAL_COUNTS[name]
+    assert {n for n, c in CONFIGS.items() if c.official_params} == set(OFFICIAL_COUNTS)
 
 
 def test_docs_page_is_exactly_what_the_command_writes():
@@ -145,3 +159,37 @@ def test_inconsistent_rows_are_rejected_at_construction(change, message):
     # Config errors must surface when the row is made, naming the bad value, not deep inside a run.
     with pytest.raises(ValueError, match=re.escape(message)):
         replace(CONFIGS["ptb-deq-trellisnet"], **change)
+
+
+def test_v1_rows_use_the_official_solver_settings():
+    # The paper's numbers came from locuslab/deq v1: run_wt103_deq_transformer.sh (f_thres 30, b_thres 40,
+    # subseq_len 75, pretrain_steps 16000) and run_wt103_deq_trellisnet.sh (45, 45, 50) through DEQFunc:
+    # Broyden both ways keeping every pair, threshold + 1 evaluations, the whole batch's RMS residual
+    # below 1e-6 forward and 2e-10 backward, the same solve at evaluation.
+    expected = {"transformer": (31, 41, 75), "trellis": (46, 46, 50)}
+    deq_rows = [row for row in CONFIGS.values() if row.driver == "deq"]
+    assert len(deq_rows) == 5
+    for row in deq_rows:
+        s = row.solver
+        assert (s.solver, s.backward_solver, s.eval_solver, s.backward) == ("broyden", "broyden", "broyden", "implicit")
+        assert (s.max_iter, s.backward_max_iter, s.subseq_len) == expected[row.family], row.name
+        assert s.eval_max_iter == s.max_iter and s.eval_tol == s.tol == 1e-6 and s.backward_tol == 2e-10
+        assert s.stop_mode == "batch_rms" and s.code == "v1"
+        assert not s.solver_options and not s.backward_options, "no bounded Broyden history"
+    assert {r.pretrain_steps for r in deq_rows if r.family == "transformer"} == {16_000}
+    assert {r.pretrain_steps for r in deq_rows if r.family == "trellis"} == {30_000}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_v2_variant_changes_only_the_deq_transformers(name):
+    row, v2 = get_config(name), get_config(name, code="v2")
+    if row.driver == "deq" and row.family == "transformer":
+        s = v2.solver
+        assert (s.solver, s.max_iter, s.backward_solver, s.backward_max_iter, s.stop_mode, s.tol, s.backward_tol,
+                s.subseq_len, s.code, v2.pretrain_steps) == ("anderson", 30, "broyden", 36, "rel", 1e-3, 1e-3, 0,
+                                                             "v2", 32_000)
+        assert replace(v2, solver=row.solver, pretrain_steps=row.pretrain_steps) == row
+    else:
+        assert v2 == row
+    with pytest.raises(ValueError, match=r"unknown official code 'v3'; choose from \['v1', 'v2'\]"):
+        get_config(name, code="v3")

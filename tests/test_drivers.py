@@ -1,5 +1,7 @@
 """Drivers of the cells: the DEQ, the weight-tied stack and the untied stack, and the language model."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -18,11 +20,12 @@ TIGHT = SolverSettings(solver="broyden", tol=1e-12, max_iter=200, stop_mode="abs
 
 
 # At these sizes a random post-LN transformer cell is a contraction only when the injection
-# dominates the identity path through LayerNorm, hence its larger init and inputs of scale 10.
+# dominates the identity path through LayerNorm, hence its larger init and inputs of scale 10
+# (weight norm off, so that init_std reaches every map: with it, the maps keep torch's default init).
 def transformer(seed=0, init_std=0.3, dropout=0.0):
     torch.manual_seed(seed)
     return TransformerCell(TransformerCellConfig(d_model=D, n_head=2, d_head=4, d_inner=16, dropout=dropout,
-                                                 init_std=init_std)).double()
+                                                 init_std=init_std, weight_norm=False)).double()
 
 
 def trellis(seed=0, init_std=0.05, dropout=0.0):
@@ -174,3 +177,66 @@ def test_auxiliary_readouts_every_k_layers():
     driver = WeightTiedDriver(trellis(), n_layer=7, aux_every=3)
     out = driver(embeddings())
     assert len(out.aux) == 2 and all(a.shape == out.h.shape for a in out.aux)
+
+
+# ---- subsequences and output dropout as the paper-time official code (locuslab/deq v1) ------------------
+
+def test_subsequences_attend_to_the_previous_subsequence_only():
+    # v1 (models/transformers/deq_transformer_forward_backward.py) solves a segment in subsequences: the
+    # first against the segment memory, each later one against the previous subsequence's equilibrium
+    # and injection alone. Rebuilt here by hand from the cell and the solver.
+    cell = transformer()
+    driver = DEQDriver(cell, replace(TIGHT, subseq_len=3), mem_len=3).eval()
+    memory = driver(embeddings(seed=5)).memory
+    x = embeddings(T=8)
+    with torch.no_grad():
+        out = driver(x, memory)
+        u = cell.inject(x, memory)
+        solve = lambda f, z0: deq.solve(f, z0, solver="broyden", tol=1e-12, max_iter=200, stop_mode="abs")[0]  # noqa
+        zs, mem = [], memory
+        for part in (slice(0, 3), slice(3, 6), slice(6, 8)):
+            z = solve(lambda z: cell(z, u[:, part], mem), cell.init_state(u[:, part]))
+            zs.append(z)
+            mem = (z, u[:, part])
+    assert torch.allclose(out.z, torch.cat(zs, dim=1), rtol=0, atol=1e-10)
+    assert out.info.forward.abs_trace.shape[1] == 3 * x.size(0)  # three solves side by side
+    whole = DEQDriver(cell, TIGHT, mem_len=3).eval()
+    with torch.no_grad():
+        assert not torch.allclose(whole(x, memory).z[:, 3:], out.z[:, 3:], atol=1e-3)  # it does differ
+
+
+@pytest.mark.parametrize("family", CELLS)
+def test_gradients_cross_subsequences(family):
+    # In v1 the backward re-evaluates each subsequence against the previous one's tracked f(z*), so a
+    # loss on the last subsequence reaches the embeddings of the first. Checked against central
+    # differences of the driver's own output (float64, tight solves both ways).
+    driver = DEQDriver(CELLS[family](), replace(TIGHT, subseq_len=3), mem_len=3).train()
+    x = embeddings(B=1, T=6).requires_grad_()
+    weights = torch.randn(1, 3, driver.cell.d_out, dtype=F64, generator=torch.Generator().manual_seed(3))
+
+    def loss(inputs):
+        return (driver(inputs).h[:, 3:] * weights).sum()
+
+    (grad,) = torch.autograd.grad(loss(x), x)
+    assert grad[:, :3].abs().max() > 1e-6  # the first subsequence is reached
+    eps, probe = 1e-6, torch.zeros_like(x)
+    for t, c in [(0, 0), (2, 5), (4, 1)]:
+        probe.zero_()
+        probe[0, t, c] = eps
+        with torch.no_grad():
+            numeric = (loss(x + probe) - loss(x - probe)) / (2 * eps)
+        assert grad[0, t, c].item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-8)
+
+
+def test_output_dropout_drops_positions_for_transformers_and_channels_for_trellisnets():
+    # v1's VariationalDropout draws its mask from x[:, :1]: on the DEQ-Transformer's (B, d, L) output it
+    # drops whole positions, on the DEQ-TrellisNet's (B, L, d) output (and on every embedding) channels.
+    from deq.models.configs import build_model, get_config
+
+    tokens = torch.randint(0, 100, (2, 8))
+    for name, out_mask in (("wt103-deq-transformer-small", (2, 8, 1)), ("ptb-deq-trellisnet", (2, 1, 16))):
+        model = build_model(get_config(name, "smoke")).train()
+        model.set_pretraining(2)
+        model(tokens, tokens)
+        assert model.drop_out.mask.shape == out_mask, name
+        assert model.drop_embed.mask.shape == (2, 1, model.embedding.d_proj), name

@@ -47,3 +47,21 @@ def test_figure_runs_exist_and_keep_an_early_checkpoint_after_pretraining(preset
 def test_unknown_preset_names_the_allowed_ones():
     with pytest.raises(ValueError, match=r"'huge'.*\['smoke', 'cpu', 'paper'\]"):
         study("huge")
+
+
+def test_official_code_reaches_every_lm_run_and_its_model():
+    # config key official_code: v2 must give the DEQ-Transformers v2's solver in the runs that train them
+    # (and say so in the run's config); nothing else changes; a bad value fails before any work.
+    from deq.engine.config import TrainConfig, lm_row
+
+    v1, v2 = study("smoke"), study("smoke", official_code="v2")
+    for name, row in CONFIGS.items():
+        assert v1[name].config.official_code == "v1" and v2[name].config.official_code == "v2"
+        solver = lm_row(v2[name].config).solver
+        if row.driver == "deq":
+            assert solver.code == ("v2" if row.family == "transformer" else "v1"), name
+            assert lm_row(v1[name].config).solver.code == "v1"
+        else:
+            assert solver is None
+    with pytest.raises(ValueError, match=r"unknown official_code 'v3'; choose from \['v1', 'v2'\]"):
+        TrainConfig(model="ptb-deq-trellisnet", official_code="v3")

@@ -41,9 +41,9 @@ DEPTHS = (2, 4, 8, 16, 32, 64)
 DEPTH_ROWS = {"transformer": "wt103-deq-transformer-small", "trellis": "ptb-deq-trellisnet"}
 
 
-# Each variant overrides the row's SolverSettings (forward solves always run to the cap). 'anderson' and
-# 'broyden' (all pairs up to the cap: grows with it) keep the row's backward (Broyden with the official
-# code's 27 pairs at most); 'broyden-m8' bounds both histories to 8 pairs; 'anderson-fixed-point' solves
+# Each variant overrides the row's SolverSettings (forward solves always run to the cap). 'anderson' (the
+# v2 forward) and 'broyden' (all pairs up to the cap: grows with it) keep the row's backward (the v1
+# Broyden, every pair up to its cap); 'broyden-m8' bounds both histories to 8 pairs; 'anderson-fixed-point' solves
 # the backward by plain fixed-point iteration (one vector of history: the best iterate), as torchdeq does
 # by default.
 DEQ_VARIANTS = {
@@ -114,7 +114,7 @@ def measure_depth(family: str, preset: str) -> list[dict]:
         for name, overrides in DEQ_VARIANTS.items():
             settings = replace(row.solver, tol=UNREACHABLE_TOL, max_iter=depth, **overrides)
             saved, peak, info, wall = _depth_point(DEQDriver(cell, settings, row.mem_len), x, memory, readout)
-            fwd, bwd = deq_buffer_bytes(settings, B, T * cell.d_state)
+            fwd, bwd = deq_buffer_bytes(settings, B, T, cell.d_state)
             rows.append({**base, "model": f"deq-{name}", "forward": _solver_name(settings.solver,
                                                                                  settings.solver_options),
                          "backward": _solver_name(settings.backward_solver, settings.backward_options),

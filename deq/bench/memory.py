@@ -91,21 +91,24 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
     ``d`` is one sample's flattened state, T x d_state. Anderson: dG and dS (B, m, d) each, the probe
     (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
     unless given (and never above it); Picard: nothing. Every solver's trace also keeps its best
-    iterate (B, d). The few current iterates (B, d) every solver holds are not counted.
+    iterate (B, d). The few current iterates (B, d) every solver holds are not counted. Broyden holds
+    ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
     m = options.get("m", inspect.signature(SOLVERS[solver]).parameters.get("m", None))
     m = getattr(m, "default", m)
     if solver == "broyden":
-        m = max_iter if m is None else min(m, max_iter)
+        m = max(1, max_iter - 1 if m is None else min(m, max_iter - 1))
     vectors = {"anderson": lambda: 2 * m + 2, "broyden": lambda: 2 * m, "picard": lambda: 0}[solver]() + 1
     gram = batch * m * m * 8 if solver == "anderson" else 0
     return vectors * batch * d * itemsize + gram
 
 
-def deq_buffer_bytes(settings: SolverSettings, batch: int, d: int) -> tuple[int, int]:
-    """(forward, backward) solver buffers of a DEQ training step, each with its own solver options."""
+def deq_buffer_bytes(settings: SolverSettings, batch: int, seq_len: int, d_state: int) -> tuple[int, int]:
+    """(forward, backward) solver buffers of a DEQ training step, each with its own solver options; a
+    segment solved in subsequences (``settings.subseq_len``) holds one subsequence's at a time."""
+    d = min(settings.subseq_len or seq_len, seq_len) * d_state
     forward = solver_buffer_bytes(settings.solver, settings.max_iter, settings.solver_options, batch, d)
     backward = (solver_buffer_bytes(settings.backward_solver, settings.backward_max_iter,
                                     settings.backward_options, batch, d)
@@ -221,7 +224,7 @@ def estimate(cfg: LMConfig, scale: Scale, steps: int, device: str) -> tuple[floa
     if cfg.driver == "deq":  # the forward solve to its cap, the tracked f(z*) and the backward VJPs (~2 f each)
         s = cfg.solver
         evals, injects, applied = s.max_iter + 3 + 2 * s.backward_max_iter, 3, 1
-        buffers = max(deq_buffer_bytes(s, scale.batch, scale.seq_len * d_state))
+        buffers = max(deq_buffer_bytes(s, scale.batch, scale.seq_len, d_state))
     else:
         evals = (4 if cfg.checkpoint else 3) * cfg.n_layer
         injects = 3 * (cfg.n_layer if cfg.driver == "untied" else 1)
@@ -349,8 +352,8 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
         activation_method += " + checkpoint inputs (n_layer x z) + one layer recomputed"
     row = {"fwd_iters": None, "bwd_iters": None, "fwd_buffer_bytes": 0, "bwd_buffer_bytes": 0}
     if cfg.driver == "deq":
-        info, d = out.info, scale.seq_len * model.driver.cell.d_state
-        fwd, bwd = deq_buffer_bytes(cfg.solver, scale.batch, d)
+        info = out.info
+        fwd, bwd = deq_buffer_bytes(cfg.solver, scale.batch, scale.seq_len, model.driver.cell.d_state)
         row.update(fwd_iters=info.forward.n_iter, bwd_iters=info.backward and info.backward.n_iter,
                    fwd_buffer_bytes=fwd, bwd_buffer_bytes=bwd)
     buffers = max(row["fwd_buffer_bytes"], row["bwd_buffer_bytes"])

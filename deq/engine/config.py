@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from deq.models.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS, LMConfig, get_config, on_dataset
+from deq.models.paper_configs import CODES
 
 RUN_DATASETS = (*DATASETS, "copy-memory")
 
@@ -23,6 +24,7 @@ RUN_DATASETS = (*DATASETS, "copy-memory")
 class TrainConfig:
     model: str  # a row of deq.models.configs.CONFIGS (language models) or COPY_CONFIGS (copy memory)
     preset: str = "cpu"  # scale of the model row: 'smoke', 'cpu' or 'paper'
+    official_code: str = "v1"  # DEQ solver settings of the official code: 'v1' (the paper's) or 'v2'
     dataset: str | None = None  # corpus; None: the row's own (copy-memory rows: 'copy-memory')
     data_root: str = "data"  # where datasets are downloaded and prepared
     data_mirror: str | None = None  # local mirror <mirror>/<dataset>/<files>; env DEQ_DATA_MIRROR if None
@@ -56,6 +58,7 @@ class TrainConfig:
         if self.model not in CONFIGS and self.model not in COPY_CONFIGS:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted([*CONFIGS, *COPY_CONFIGS])}")
         _choice("preset", self.preset, PRESETS)
+        _choice("official_code", self.official_code, CODES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         if self.dataset is not None:
             allowed = ("copy-memory",) if self.is_copy_memory else tuple(DATASETS)
@@ -114,7 +117,7 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 
 def lm_row(cfg: TrainConfig) -> LMConfig:
     """The language-model row a run trains: the named row at its preset, on the run's corpus."""
-    row = get_config(cfg.model, cfg.preset)
+    row = get_config(cfg.model, cfg.preset, cfg.official_code)
     dataset = cfg.dataset or row.dataset
     return row if dataset == row.dataset else on_dataset(row, dataset)
 

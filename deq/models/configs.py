@@ -12,8 +12,9 @@ Presets (one rule for every row; family, driver, dataset, vocabulary, cutoffs, d
 
 - ``paper``: the row as registered.
 - ``smoke``: tiny, for tests: transformer d_model 32 (2 heads x 16, d_inner 64), TrellisNet
-  d_embed = d_out 16 and d_hidden 32; 2 layers; mem_len at most 8; solver caps 4; one pretraining
-  step if the row pretrains; an auxiliary readout after layer 1 if the row has them.
+  d_embed = d_out 16 and d_hidden 32; 2 layers; mem_len at most 8; solver caps 4; subsequences of at
+  most 4 positions where the row solves in subsequences; one pretraining step if the row pretrains; an
+  auxiliary readout after layer 1 if the row has them.
 - ``cpu``: a real model scaled for a 2-core CPU: the model width (transformer d_model, TrellisNet
   d_out = d_embed) becomes 128 and the other widths keep their ratio to it (transformer: 4 heads x 32,
   d_inner scaled and clipped to [128, 2048]; TrellisNet: d_hidden scaled); n_layer ceil(n/4), at
@@ -94,6 +95,7 @@ class LMConfig:
     aux_weight: float = 0.0  # training loss = loss + aux_weight * sum of the auxiliary losses (TrellisNet)
     pretrain_steps: int = 0  # DEQ only: steps run as the weight-tied n_layer stack before the solver
     count_note: str = ""  # why the measured parameter count is > 3% off the paper's ('' when it is not)
+    official_params: int | None = None  # total the official script's model counts, where one was released
     preset: str = "paper"  # 'paper' as registered, or the shrunk 'smoke' / 'cpu' variant of the row
 
     def __post_init__(self) -> None:
@@ -176,14 +178,20 @@ def build_model(cfg: LMConfig) -> LanguageModel:
         driver = WeightTiedDriver(build_cell(cfg), cfg.n_layer, cfg.mem_len, cfg.checkpoint, cfg.aux_every)
     else:
         driver = UntiedStackDriver([build_cell(cfg) for _ in range(cfg.n_layer)], cfg.mem_len)
+    # Per family, as the official models (v1 DEQModel/): the DEQ-TrellisNet's embedding U(-0.1, 0.1)
+    # (DEQTrellisNetLM.init_weights) and channel-wise output dropout; the DEQ-Transformer's N(0, 0.01)
+    # (train_transformer.py weights_init) and output dropout of whole positions.
+    trellis = cfg.family == "trellis"
     return LanguageModel(cfg.n_token, cfg.d_embed, cfg.d_model, driver, cfg.cutoffs, cfg.div_val,
-                         cfg.dropout_embed, cfg.dropout_out, cfg.cell.init_std)
+                         cfg.dropout_embed, cfg.dropout_out, cfg.cell.init_std,
+                         embed_init_range=0.1 if trellis else None, drop_out_positions=not trellis)
 
 
 # ---- presets -------------------------------------------------------------------------------------------
 
 SMOKE_RULE = ("transformer d_model 32 (2 x 16 heads, d_inner 64) or TrellisNet d_embed = d_out 16, d_hidden 32; "
-              "2 layers; mem_len <= 8; solver caps 4; 1 pretraining step; aux readout after layer 1")
+              "2 layers; mem_len <= 8; solver caps 4; subsequences <= 4; 1 pretraining step; aux readout after "
+              "layer 1")
 CPU_RULE = ("model width 128, other widths at their paper ratio (transformer 4 x 32 heads, d_inner in "
             "[128, 2048]); n_layer ceil(n/4) >= 2; mem_len <= 64; pretrain_steps / 100")
 
@@ -193,7 +201,8 @@ def _smoke(cfg: LMConfig) -> LMConfig:
         cell, d_model = replace(cfg.cell, d_model=32, n_head=2, d_head=16, d_inner=64, d_embed=None), 32
     else:
         cell, d_model = replace(cfg.cell, d_embed=16, d_hidden=32, d_out=16), 16
-    solver = cfg.solver and replace(cfg.solver, max_iter=4, backward_max_iter=4, eval_max_iter=4)
+    solver = cfg.solver and replace(cfg.solver, max_iter=4, backward_max_iter=4, eval_max_iter=4,
+                                    subseq_len=min(cfg.solver.subseq_len, 4))
     return replace(cfg, cell=cell, d_embed=max(d_model, cfg.div_val ** len(cfg.cutoffs)), n_layer=2,
                    mem_len=min(cfg.mem_len, 8), solver=solver, aux_every=min(cfg.aux_every, 1),
                    pretrain_steps=min(cfg.pretrain_steps, 1), preset="smoke",
@@ -214,13 +223,15 @@ def _cpu(cfg: LMConfig) -> LMConfig:
                    preset="cpu", derivation=f"[cpu preset: {CPU_RULE}] {cfg.derivation}")
 
 
-def get_config(name: str, preset: str = "paper") -> LMConfig:
-    """The registered row ``name`` at ``preset`` ('paper', 'smoke' or 'cpu'; rules in the module docstring)."""
-    from deq.models.paper_configs import CONFIGS  # see __getattr__ below
+def get_config(name: str, preset: str = "paper", code: str = "v1") -> LMConfig:
+    """The registered row ``name`` at ``preset`` ('paper', 'smoke' or 'cpu'; rules in the module docstring),
+    with the solver settings of official code ``code`` ('v1', the paper's, or 'v2'; see
+    :func:`deq.models.paper_configs.with_code`)."""
+    from deq.models.paper_configs import CONFIGS, with_code  # see __getattr__ below
 
     _choice("config", name, CONFIGS)
     _choice("preset", preset, PRESETS)
-    return {"paper": lambda c: c, "smoke": _smoke, "cpu": _cpu}[preset](CONFIGS[name])
+    return {"paper": lambda c: c, "smoke": _smoke, "cpu": _cpu}[preset](with_code(CONFIGS[name], code))
 
 
 def on_dataset(cfg: LMConfig, dataset: str) -> LMConfig:

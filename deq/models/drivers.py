@@ -23,26 +23,51 @@ class SolverSettings:
     """How the DEQ driver solves and differentiates (names follow ``deq.equilibrium``)."""
 
     solver: str = "anderson"  # forward solver in training (the DEQ v2 code: Anderson)
-    tol: float = 1e-3  # forward tolerance in training, per sample
-    max_iter: int = 30  # forward cap in training (the paper's f_thres)
-    stop_mode: str = "rel"  # 'rel' or 'abs', forward and backward
+    tol: float = 1e-3  # forward tolerance in training
+    max_iter: int = 30  # forward cap in training: evaluations of f (the official Broyden's threshold + 1)
+    stop_mode: str = "rel"  # 'rel', 'abs' (per sample) or 'batch_rms' (the v1 code's), forward and backward
     backward: str = "implicit"  # 'implicit', 'phantom', 'jfb' or 'unrolled' (see deq.BACKWARDS)
     backward_solver: str = "broyden"  # solver of the implicit backward
     backward_tol: float = 1e-6  # backward tolerance
-    backward_max_iter: int = 35  # backward cap (the paper's b_thres)
+    backward_max_iter: int = 35  # backward cap (the v2 script's b_thres 35; the rows set their own)
     eval_solver: str = "anderson"  # forward solver at evaluation
     eval_tol: float = 1e-3  # forward tolerance at evaluation (may differ from training)
     eval_max_iter: int = 30  # forward cap at evaluation
     solver_options: dict = field(default_factory=dict)  # extra options of the forward solvers (m, lam, ...)
     backward_options: dict = field(default_factory=dict)  # options of the backward solver (e.g. m, its history)
+    # Solve the segment in consecutive chunks of this many positions (0: whole), each chunk's memory the
+    # previous chunk's equilibrium, as the official code's subseq_len (v1 DEQModel/models/*/
+    # *_forward_backward.py); the weight-tied pretraining stack runs the whole segment, as there.
+    subseq_len: int = 0
+    code: str = ""  # the official code these settings follow ('v1', 'v2'); '' for the project's own
 
     def __post_init__(self) -> None:
+        if isinstance(self.subseq_len, bool) or not isinstance(self.subseq_len, int) or self.subseq_len < 0:
+            raise ValueError(f"subseq_len must be an integer >= 0 (0: the whole segment), got {self.subseq_len!r}")
         if self.backward not in deq.BACKWARDS:
             raise ValueError(f"unknown backward {self.backward!r}; choose from {list(deq.BACKWARDS)}")
         check_solver_args(self.solver, self.tol, self.max_iter, self.stop_mode, self.solver_options)
         check_solver_args(self.eval_solver, self.eval_tol, self.eval_max_iter, self.stop_mode, self.solver_options)
         check_solver_args(self.backward_solver, self.backward_tol, self.backward_max_iter, self.stop_mode,
                           self.backward_options)
+
+
+class ChunkedInfo:
+    """The :class:`deq.EquilibriumInfo` of a segment solved in chunks, read like one: ``forward`` and
+    ``backward`` put the chunks' solves side by side (:meth:`deq.SolverStats.side_by_side`); ``chunks``
+    keeps each. ``backward`` is None until every chunk's backward has run."""
+
+    def __init__(self, chunks: list):
+        self.chunks, self.backward_mode = chunks, chunks[0].backward_mode
+
+    @property
+    def forward(self) -> deq.SolverStats:
+        return deq.SolverStats.side_by_side([info.forward for info in self.chunks])
+
+    @property
+    def backward(self) -> deq.SolverStats | None:
+        parts = [info.backward for info in self.chunks]
+        return None if any(p is None for p in parts) else deq.SolverStats.side_by_side(parts)
 
 
 @dataclass
@@ -76,10 +101,23 @@ class DEQDriver(nn.Module):
             injection = self.cell.inject(x, memory)
             z0 = self.cell.init_state(injection)
             self.cell.reset_dropout(z0)
-            z, info = deq.equilibrium(
-                lambda z: self.cell(z, injection, memory), z0, **solve, stop_mode=s.stop_mode,
-                backward=backward, backward_solver=s.backward_solver, backward_tol=s.backward_tol,
-                backward_max_iter=s.backward_max_iter, backward_options=s.backward_options, **s.solver_options)
+            T = x.size(1)
+            chunk = s.subseq_len if s.subseq_len and self.explicit_depth is None else T
+            zs, infos, chunk_memory = [], [], memory
+            for start in range(0, T, chunk):
+                part = slice(start, start + chunk)
+                z, info = deq.equilibrium(
+                    lambda z, u=injection[:, part], m=chunk_memory: self.cell(z, u, m), z0[:, part], **solve,
+                    stop_mode=s.stop_mode, backward=backward, backward_solver=s.backward_solver,
+                    backward_tol=s.backward_tol, backward_max_iter=s.backward_max_iter,
+                    backward_options=s.backward_options, **s.solver_options)
+                zs.append(z)
+                infos.append(info)
+                if start + chunk < T:  # the next chunk attends to this one (graph kept: gradients cross)
+                    chunk_memory = self.cell.next_memory(z, injection[:, part], x[:, part], chunk_memory, chunk,
+                                                         detach=False)
+            z = zs[0] if len(zs) == 1 else torch.cat(zs, dim=1)
+            info = infos[0] if len(infos) == 1 else ChunkedInfo(infos)
             h = self.cell.readout(z)
         next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
         return DriverOutput(h, z, next_memory, info)

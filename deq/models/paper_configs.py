@@ -22,31 +22,40 @@ from deq.models.drivers import SolverSettings
 from deq.models.transformer import TransformerCellConfig
 from deq.models.trellis import TrellisCellConfig
 
-__all__ = ["CONFIGS"]
+__all__ = ["CODES", "CONFIGS", "with_code"]
 
 PTB, WT103 = "ptb", "wikitext-103"
 WT103_CUTOFFS = (20_000, 40_000, 200_000)  # Transformer-XL / DEQ-Transformer adaptive softmax on WT103
 SPLIT_CUTOFFS = (2_800, 20_000, 76_000)  # TrellisNet / DEQ-TrellisNet split softmax on WT103
 
-# The official code's Broyden (lib/solvers.py of both DEQ versions) keeps at most 27 low-rank pairs
-# (``LBFGS_thres = min(threshold, 27)``), overwriting the oldest: so do ours, forward and backward, where
-# the cap is above 27. Measured on the cpu study's trained DEQ-TrellisNets (PTB, WT103 stand-in):
-# 27 pairs in the backward gave the same gradient as all 45 on PTB (cosine to a 100-iteration reference
-# 0.9917 both) and a slightly worse one on WT103 (0.981 against 0.989); 8 pairs diverged at evaluation
-# (residuals 1e8 to 1e16, perplexity inf) and 16 diverged on some segments.
-OFFICIAL_BROYDEN_HISTORY = {"m": 27}
-# The official DEQ-TrellisNet script: Broyden (the v1 code's only solver), f_thres 45, b_thres 45;
-# tolerances are the project's (relative) defaults, the v1 code's absolute ones being tied to its tensor sizes.
-TRELLIS_SOLVER = SolverSettings(solver="broyden", max_iter=45, eval_solver="broyden", eval_max_iter=45,
-                                backward_max_iter=45, solver_options=dict(OFFICIAL_BROYDEN_HISTORY),
-                                backward_options=dict(OFFICIAL_BROYDEN_HISTORY))
-# The v2 DEQ-Transformer script: Anderson forward (m 6, lam 1e-4: the solver's defaults), Broyden backward,
-# relative residual 1e-3 in both passes (the backward hook calls the solver with its default eps=1e-3,
-# stop_mode 'rel'), f_thres 30 / b_thres 35.
-TRANSFORMER_SOLVER = SolverSettings(solver="anderson", tol=1e-3, max_iter=30, stop_mode="rel",
-                                   backward_solver="broyden", backward_tol=1e-3, backward_max_iter=35,
-                                   backward_options=dict(OFFICIAL_BROYDEN_HISTORY), eval_solver="anderson",
-                                   eval_tol=1e-3, eval_max_iter=30)
+# The DEQ rows follow the code that produced the paper's numbers: locuslab/deq v1 (commit 3fba434,
+# DEQModel/), checked file by file in docs/fidelity.md. Its DEQFunc (modules/deq.py) solves with Broyden
+# (modules/broyden.py) in both passes: every low-rank pair kept (U, V^T preallocated with `threshold`
+# slots), threshold + 1 evaluations of g, and a stop on the whole batch's ||g||_F < 1e-6 sqrt(numel)
+# forward and < 2e-10 sqrt(numel) backward (stop_mode 'batch_rms' with tol 1e-6 / 2e-10), with its
+# stagnation exit; the same solve at evaluation; segments solved in subsequences (subseq_len).
+
+
+def v1_solver(f_thres: int, b_thres: int, subseq_len: int) -> SolverSettings:
+    """The v1 DEQFunc's solves for a script's ``--f_thres``, ``--b_thres`` and ``--subseq_len``."""
+    return SolverSettings(solver="broyden", tol=1e-6, max_iter=f_thres + 1, stop_mode="batch_rms",
+                          backward_solver="broyden", backward_tol=2e-10, backward_max_iter=b_thres + 1,
+                          eval_solver="broyden", eval_tol=1e-6, eval_max_iter=f_thres + 1,
+                          subseq_len=subseq_len, code="v1")
+
+
+TRELLIS_SOLVER = v1_solver(45, 45, 50)  # run_wt103_deq_trellisnet.sh: f_thres 45, b_thres 45, subseq_len 50
+TRANSFORMER_SOLVER = v1_solver(30, 40, 75)  # run_wt103_deq_transformer.sh: f_thres 30, b_thres 40, subseq_len 75
+TRANSFORMER_PRETRAIN = 16_000  # run_wt103_deq_transformer.sh: --pretrain_steps 16000
+# The later release (locuslab/deq v2 HEAD, DEQ-Sequence/wt103_deq_transformer.sh and lib/solvers.py), a
+# named variant (get_config(..., code="v2")): Anderson forward (m 6, lam 1e-4; `threshold` 30 evaluations),
+# Broyden backward with b_thres 35 (36 evaluations, every pair kept), relative residual 1e-3 both ways
+# (the v2 solvers' default eps; v2 measures it on the whole batch, this project per sample), no
+# subsequences, 32k pretraining steps. v2 has no DEQ-TrellisNet, so the TrellisNet rows stay v1.
+TRANSFORMER_V2_SOLVER = SolverSettings(solver="anderson", tol=1e-3, max_iter=30, stop_mode="rel",
+                                       backward_solver="broyden", backward_tol=1e-3, backward_max_iter=36,
+                                       eval_solver="anderson", eval_tol=1e-3, eval_max_iter=30, code="v2")
+TRANSFORMER_V2_PRETRAIN = 32_000
 
 # TrellisNet word_PTB width (emsize 400, nhid 1000 + nout 400), its dropouth 0.28.
 TRELLIS_PTB = TrellisCellConfig(d_embed=400, d_hidden=1400, d_out=400, dropout=0.28)
@@ -95,8 +104,8 @@ ROWS = [
         paper_params=24_000_000, paper_nonembedding_params=20_000_000, paper_ppl=57.1, paper_memory_gb=1.2,
         derivation="No PTB script was released: the cell, dropouts and softmax of the 60-layer TrellisNet "
                    "row (the paper gives both 24M / 20M); pretraining (40-layer stack, 30k steps) and "
-                   "solver caps (Broyden f 45 / b 45, the newest 27 low-rank pairs kept, as the official "
-                   "solver) from the official WT103 DEQ-TrellisNet script."),
+                   "solver settings (v1 Broyden both ways, f_thres 45 / b_thres 45, subsequences of 50) from "
+                   "the official WT103 DEQ-TrellisNet script."),
     # ---- Table 3: WikiText-103 --------------------------------------------------------------------------
     TRELLIS_70,
     replace(TRELLIS_70, name="wt103-trellisnet-70-aux-checkpoint", checkpoint=True, paper_memory_gb=5.2,
@@ -104,11 +113,11 @@ ROWS = [
                        "(activations recomputed in the backward); same model, same counts."),
     replace(TRELLIS_70, name="wt103-deq-trellisnet", driver="deq", n_layer=40, aux_every=0, aux_weight=0.0,
             solver=TRELLIS_SOLVER, pretrain_steps=30_000, paper_ppl=29.0, paper_memory_gb=3.3,
+            official_params=174_168_738,  # run_wt103_deq_trellisnet.sh's model and SplitCrossEntropyLoss
             derivation="Official script run_wt103_deq_trellisnet.sh: d_embed 500, nhid 1500 + nout 500 "
                        "(d_hidden 2000, d_out 500), dropout / dropouti / dropouth 0.1, tied split softmax "
-                       "2800/20000/76000, 40-layer pretraining for 30k steps, f_thres 45 / b_thres 45 "
-                       "(v1 code: Broyden in both passes, the newest 27 low-rank pairs kept; tolerances are the "
-                       "project's relative defaults)."),
+                       "2800/20000/76000, 40-layer pretraining for 30k steps, f_thres 45 / b_thres 45, "
+                       "subseq_len 50 (v1 code: Broyden in both passes with its batch tolerances)."),
     LMConfig(
         name="wt103-transformer-xl-medium-16", paper_table=3, dataset=WT103, n_token=DATASETS[WT103],
         family="transformer", driver="untied", n_layer=16, cell=transformer(450, 10, 45, 1_250), d_embed=450,
@@ -126,10 +135,10 @@ ROWS = [
         name="wt103-deq-transformer-medium", paper_table=3, dataset=WT103, n_token=DATASETS[WT103],
         family="transformer", driver="deq", n_layer=2, cell=transformer(480, 10, 48, 42_800), d_embed=480,
         cutoffs=WT103_CUTOFFS, div_val=1, mem_len=150, dropout_embed=0.05, dropout_out=0.05,
-        solver=TRANSFORMER_SOLVER, pretrain_steps=32_000,
+        solver=TRANSFORMER_SOLVER, pretrain_steps=TRANSFORMER_PRETRAIN,
         paper_params=172_000_000, paper_nonembedding_params=43_000_000, paper_ppl=24.2, paper_memory_gb=2.7,
         derivation="No config released for the non-adaptive medium model: the official adaptive script's "
-                   "recipe (dropout 0.05, mem_len 150, 2-layer pretraining for 32k steps, v2 solver) with "
+                   "recipe (dropout 0.05, mem_len 150, 2-layer pretraining for 16k steps, v1 solver) with "
                    "div_val 1 (adaptive softmax only, as Transformer-XL base) and widths from the paper's "
                    "counts: the embedding 172M - 43M = 129M gives d_model = d_embed 480 (10 heads x 48), "
                    "the 43M cell gives d_inner 42,800 (the script's cell is as wide: 48,000 at d 700)."),
@@ -139,8 +148,8 @@ ROWS = [
         cutoffs=WT103_CUTOFFS, div_val=4, mem_len=150, dropout_embed=0.05, dropout_out=0.05,
         paper_params=110_000_000, paper_nonembedding_params=72_000_000, paper_ppl=23.6, paper_memory_gb=9.0,
         count_note="the same adaptive embedding as wt103-deq-transformer-medium-adaptive (released "
-                   "script: d_embed 700, 25.5M), so the pair compares like for like; the paper's 110M fits "
-                   "d_embed 1024 (Transformer-XL large's): 110.1M with this cell",
+                   "script: d_embed 700, 26.5M with its head projections), so the pair compares like for like; "
+                   "the paper's 110M fits d_embed 1024 (Transformer-XL large's): 110.8M with this cell",
         derivation="No config released. Transformer-XL's WT103 large recipe shape (18 untied layers, "
                    "adaptive embedding with div_val 4) on the official DEQ medium adaptive embedding "
                    "(d_embed = d_model 700, cutoffs 20000/40000/200000); 72M / 18 layers = 4.0M a layer. "
@@ -151,16 +160,17 @@ ROWS = [
         name="wt103-deq-transformer-medium-adaptive", paper_table=3, dataset=WT103, n_token=DATASETS[WT103],
         family="transformer", driver="deq", n_layer=2, cell=MEDIUM_ADAPTIVE_CELL, d_embed=700,
         cutoffs=WT103_CUTOFFS, div_val=4, mem_len=150, dropout_embed=0.05, dropout_out=0.05,
-        solver=TRANSFORMER_SOLVER, pretrain_steps=32_000,
+        solver=TRANSFORMER_SOLVER, pretrain_steps=TRANSFORMER_PRETRAIN,
         paper_params=110_000_000, paper_nonembedding_params=70_000_000, paper_ppl=23.2, paper_memory_gb=3.7,
-        count_note="follows the official script (96.7M; PAPER.md: about 98M), not the paper's 110M; the "
+        official_params=97_691_888,  # run_wt103_deq_transformer.sh's DEQTransformerLM (v1, 3fba434)
+        count_note="follows the official script (97.7M, its count exactly), not the paper's 110M; the "
                    "non-embedding count agrees, so the gap is the embedding: d_embed 1024 (Transformer-XL "
-                   "large's) would give 109.4M",
+                   "large's) would give 110.1M",
         derivation="Official script (v1 run_wt103_deq_transformer.sh, v2 wt103_deq_transformer.sh): d_model "
                    "= d_embed 700, 10 heads x 70, d_inner 48,000 (an early v1 revision had 46,000), tied "
                    "adaptive embedding 20000/40000/200000 with div_val 4, dropout 0.05, no attention "
-                   "dropout, mem_len 150, 2-layer pretraining for 32k steps, Anderson f 30 / Broyden b 35 "
-                   "at relative 1e-3 (v2; v1: 16k steps, Broyden f 30 / b 40). Chosen over the paper's "
+                   "dropout, mem_len 150, 2-layer pretraining for 16k steps, Broyden f_thres 30 / b_thres 40 "
+                   "on subsequences of 75 (v1; v2: 32k steps, Anderson f 30 / Broyden b 35). Chosen over the paper's "
                    "110M because it is the only released configuration and its non-embedding count "
                    "agrees with the paper's; the difference is all in the embedding."),
     LMConfig(
@@ -185,7 +195,7 @@ ROWS = [
         name="wt103-deq-transformer-small", paper_table=3, dataset=WT103, n_token=DATASETS[WT103],
         family="transformer", driver="deq", n_layer=2, cell=SMALL_CELL, d_embed=500,
         cutoffs=WT103_CUTOFFS, div_val=1, mem_len=150, dropout_embed=0.05, dropout_out=0.05,
-        solver=TRANSFORMER_SOLVER, pretrain_steps=32_000,
+        solver=TRANSFORMER_SOLVER, pretrain_steps=TRANSFORMER_PRETRAIN,
         paper_params=138_000_000, paper_nonembedding_params=4_500_000, paper_ppl=32.4, paper_memory_gb=1.1,
         derivation="No config released: the official medium script's recipe with div_val 1 and widths from "
                    "the paper's counts: the embedding 138M - 4.5M = 133.5M gives d_model = d_embed 500 "
@@ -195,3 +205,16 @@ ROWS = [
 
 CONFIGS: dict[str, LMConfig] = {cfg.name: cfg for cfg in ROWS}
 assert len(CONFIGS) == len(ROWS), "duplicate row names"
+
+
+CODES = ("v1", "v2")  # the official code a row's solver settings follow (v1: the paper's, the default)
+
+
+def with_code(cfg: LMConfig, code: str) -> LMConfig:
+    """The row with the solver settings and pretraining of official code ``code`` ('v1' as registered,
+    'v2' the later release); explicit rows and the DEQ-TrellisNets (no v2 exists) are unchanged."""
+    if code not in CODES:
+        raise ValueError(f"unknown official code {code!r}; choose from {list(CODES)}")
+    if code == "v1" or cfg.driver != "deq" or cfg.family != "transformer":
+        return cfg
+    return replace(cfg, solver=TRANSFORMER_V2_SOLVER, pretrain_steps=TRANSFORMER_V2_PRETRAIN)

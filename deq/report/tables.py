@@ -21,6 +21,8 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
   activations (``memory_method`` says so);
 - ``paper_memory_gb``; ``memory_reduction``: for an explicit row, 1 - DEQ / this row, the DEQ being
   ``deq_counterpart`` measured at the same scale; ``paper_memory_reduction``: the same from the paper;
+- ``solver_code``: DEQ rows only, the official code whose solver settings the run used (``v1``: the
+  paper's, the default; ``v2``: the later release; config key ``official_code``, docs/fidelity.md);
 - ``device``: where the run trained.
 
 Table 4 (``table4.csv``): one row per (pair, phase): ``deq_model``, ``explicit_model``, ``phase``
@@ -50,7 +52,7 @@ TABLE_TITLES = {
 MODEL_COLUMNS = ("model", "preset", "dataset", "params", "paper_params", "nonembedding_params",
                  "paper_nonembedding_params", "metric", "value", "paper_value", "test_tokens", "steps",
                  "peak_memory_mb", "memory_method", "memory_scale", "paper_memory_gb", "deq_counterpart",
-                 "memory_reduction", "paper_memory_reduction", "device")
+                 "memory_reduction", "paper_memory_reduction", "solver_code", "device")
 RUNTIME_COLUMNS = ("deq_model", "explicit_model", "phase", "ratio", "ratio_q1", "ratio_q3", "matched_ratio",
                    "paper_ratio", "goal", "device", "preset", "tokens")
 
@@ -118,7 +120,9 @@ def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: s
             "peak_memory_mb": _mb(measured["memory_bytes"]), "memory_method": measured["method"],
             "memory_scale": measured["scale"], "paper_memory_gb": row.paper_memory_gb,
             "deq_counterpart": _text(measured.get("deq")), "memory_reduction": _number(measured.get("reduction")),
-            "paper_memory_reduction": _number(measured.get("paper_reduction")), "device": result.get("device"),
+            "paper_memory_reduction": _number(measured.get("paper_reduction")),
+            "solver_code": config.get("official_code", "v1") if row.driver == "deq" else None,
+            "device": result.get("device"),
         })
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
@@ -153,7 +157,7 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables[number].to_dict("records"):
             lines.append(
-                f"| {r['model']} ({r['dataset']}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
+                f"| {r['model']} ({r['dataset']}{_solver(r.get('solver_code'))}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
                 f"{_m(r['nonembedding_params'])} ({_m(r['paper_nonembedding_params'])}) | {r['metric']} | "
                 f"{_g(r['value'])} | {_g(r['paper_value'])} | {r['steps']} | "
                 f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_g(r['paper_memory_gb'])} | "
@@ -178,6 +182,11 @@ def _run(folder: Path) -> tuple[dict, dict]:
     with open(folder / "config.yaml") as file:
         config = yaml.safe_load(file)
     return config, json.loads((folder / "result.json").read_text())
+
+
+def _solver(code) -> str:
+    """', v1 solver' for a DEQ row's solver_code, '' for other rows."""
+    return f", {code} solver" if isinstance(code, str) and code else ""
 
 
 def _number(value) -> float | None:

@@ -7,7 +7,7 @@ from deq.models.configs import CONFIGS
 from deq.study import FIGURE2_RUNS, FIGURE3_RUN, dataset_of, study
 
 PRESET = config["preset"]
-STUDY = study(PRESET, config["data_root"], config["data_mirror"])
+STUDY = study(PRESET, config["data_root"], config["data_mirror"], config["official_code"])
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")
 DEQ_LM_ROWS = [name for name in STUDY if name in CONFIGS and CONFIGS[name].driver == "deq"]  # Figure 2, left
 # A job asks for GPUs only where there are some, so that a CPU machine runs jobs side by side.
