@@ -12,7 +12,7 @@ MIRROR ?= $(abspath $(wildcard ../shared/data))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run test bench gpu-bench clean
+.PHONY: run test bench gpu-bench paper-memory clean
 
 # --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
 run: $(VENV)/.installed
@@ -44,3 +44,8 @@ $(VENV)/.installed: pyproject.toml
 clean:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name reference -exec rm -rf {} +
 	rm -rf .snakemake .pytest_cache
+
+# Tables 2-3's memory columns at the paper's exact widths on this machine (about an hour on 2 cores);
+# commit results/reference/cpu/memory_paper.csv and README.md afterwards.
+paper-memory: $(VENV)/.installed
+	$(VENV)/bin/python -m deq.bench.paper_memory --out results/reference/cpu/memory_paper.csv --readme

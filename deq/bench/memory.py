@@ -297,8 +297,12 @@ def _frozen(params) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
-    """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring)."""
+def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warmup: bool = False) -> dict:
+    """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring).
+
+    ``cheap_warmup``: a DEQ row's warm-up steps run its cell as a one-layer stack (the pretraining
+    switch): they make the same segment memory and optimiser state at a fraction of a solve's time.
+    """
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -318,6 +322,8 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str) -> dict:
     memory, walls = None, []
     for step in range(steps):
         measured = step == steps - 1
+        if cheap_warmup and cfg.driver == "deq":
+            model.set_pretraining(None if measured else 1)
         start = time.perf_counter()
         if measured:  # alive before the step, embedding excluded: weights and Adam moments (no gradients)
             held_before = _state_bytes([p for p in model.parameters() if p.data_ptr() not in embedding], optimizer)

@@ -16,9 +16,11 @@ How to read each figure (this text is reused by the report captions):
   tolerances (left, log x) and at lower iteration caps (right). Dotted lines mark where the paper
   found perplexity stops improving: tolerance 0.1, and a cap of 30 at sequence length 75.
 - ``memory_bars`` (memory columns of Tables 2-3): each model's peak training memory as a percentage
-  of the table's largest explicit model, the paper's bar (grey, labelled in GB) beside ours (blue,
-  in MiB; measured on scaled-down models, so only the percentages compare). DEQ rows are hatched,
-  with bold names. The footnote says how and at what scale memory was measured.
+  of the table's largest explicit model: the paper's bar (grey, labelled in GB), ours at the paper's
+  exact widths (blue, GB; the committed ``make paper-memory`` measurement, some rows extrapolated to
+  batch 15) and ours at the study's scale (cyan, MiB; scaled-down models, so only its percentages
+  compare). DEQ rows are hatched, with bold names. The footnote says how and at what scale each
+  was measured.
 - ``memory_vs_depth``: training memory (MiB, log; the allocator's peak over one step plus weights and
   Adam moments, see :mod:`deq.bench.depth`) of one cell's explicit weight-tied stack (thick)
   and of the DEQ with several solvers against effective depth (layers, or the iteration cap);
@@ -36,6 +38,7 @@ import itertools
 import json
 import math
 import os
+import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -124,18 +127,31 @@ def plot_sweep(sweep_csv: PathLike, png: PathLike, pdf: PathLike) -> None:
     _save(fig, png, pdf)
 
 
-def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike) -> None:
-    """Memory columns of Tables 2-3: paper and measured, as % of the table's largest explicit model."""
+def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike,
+                     paper_memory_csv: PathLike | None = None) -> None:
+    """Memory columns of Tables 2-3: the paper's, ours at the paper's widths (``paper_memory_csv``, the
+    committed :mod:`deq.bench.paper_memory` CSV, where given) and ours at the study's scale, each as %
+    of its table's largest explicit model."""
     frame = _read_csv(memory_csv, ("name", "driver", "scale", "method"),
                       ("paper_table", "memory_bytes", "paper_memory_gb"))
+    widths = _read_csv(paper_memory_csv or "", ("name", "method", "device", "revision", "extrapolated"),
+                       ("memory_bytes",)).set_index("name") if paper_memory_csv else None
+    frame["paper_width_bytes"] = (frame.name.map(widths.memory_bytes) if widths is not None and not widths.empty
+                                  else np.nan)
     sizes = [max(1, (frame.paper_table == table).sum()) for table in PAPER_TABLES]
-    fig = Figure(figsize=(10, 2.5 + 0.55 * sum(sizes)), layout="constrained")
+    fig = Figure(figsize=(11, 3.0 + 0.8 * sum(sizes)), layout="constrained")
     axes = fig.subplots(len(PAPER_TABLES), 1, height_ratios=[size + 1 for size in sizes])
     for ax, (table, title) in zip(axes, PAPER_TABLES.items()):
         _memory_panel(ax, frame[frame.paper_table == table].reset_index(drop=True), title)
     fig.suptitle("Peak training memory (embeddings excluded): paper vs measured")
-    fig.supxlabel(f"measured: method {_values(frame.method)}; scale {_values(frame.scale)}. "
-                  "paper: sequence 150, batch 15, GPU and method not stated", fontsize=8, color="0.3")
+    at_widths = "not measured (no results/reference/cpu/memory_paper.csv)"
+    if widths is not None and not widths.empty:
+        extrapolated = widths.extrapolated.astype(str).str.lower() == "true"
+        at_widths = (f"{_values(widths.method)} on {_values(widths.device)}, revision {_values(widths.revision)}; "
+                     f"{int(extrapolated.sum())} of {len(widths)} rows extrapolated to batch 15 from smaller batches")
+    note = (f"paper: sequence 150, batch 15, GPU and method not stated. Ours at paper widths (sequence 150, batch 15): "
+            f"{at_widths}. Ours at the study's scale: method {_values(frame.method)}; scale {_values(frame.scale)}.")
+    fig.supxlabel(textwrap.fill(note, 150), fontsize=8, color="0.3")
     _save(fig, png, pdf)
 
 
@@ -208,14 +224,17 @@ def _memory_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:
     if rows.empty:
         return _no_data(ax)
     is_deq = (rows.driver == "deq").to_numpy()
-    y, height, largest, references = np.arange(len(rows)), 0.4, 0.0, {}
-    sources = (("paper", rows.paper_memory_gb, 1, "GB", "0.6"), ("measured", rows.memory_bytes, MIB, "MiB", "tab:blue"))
-    for offset, (source, values, scale, unit, colour) in zip((-height / 2, height / 2), sources):
+    sources = (("paper", rows.paper_memory_gb, 1, "GB", "0.6"),
+               ("ours, paper widths", rows.paper_width_bytes, 1e9, "GB", "tab:blue"),
+               ("ours, study scale", rows.memory_bytes, MIB, "MiB", "tab:cyan"))
+    y, height, largest, references = np.arange(len(rows)), 0.8 / len(sources), 0.0, {}
+    for k, (source, values, scale, unit, colour) in enumerate(sources):
         explicit = values[~is_deq & (values > 0).to_numpy()]
         ref = explicit.idxmax() if len(explicit) else None  # the row that is 100%
         references[source] = rows.at[ref, "name"] if ref is not None else "none"
         percent = (values / values[ref] * 100 if ref is not None else values * np.nan).fillna(0)
         largest = max(largest, percent.max())
+        offset = (k - (len(sources) - 1) / 2) * height
         drawn = ax.barh(y + offset, percent, height=height, color=colour, edgecolor="k", label=source)
         for bar, deq in zip(drawn, is_deq):
             bar.set_hatch("//" if deq else None)
@@ -224,12 +243,12 @@ def _memory_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:
     for tick, deq in zip(ax.get_yticklabels(), is_deq):
         tick.set_fontweight("bold" if deq else "normal")
     ax.invert_yaxis()  # the table's order, top to bottom
-    ax.set_xlim(0, 1.3 * largest if largest > 0 else 100)
+    ax.set_xlim(0, 1.35 * largest if largest > 0 else 100)
     names = "; ".join(f"{source}: {name}" for source, name in references.items())
     ax.set_xlabel(f"% of the largest explicit model\n({names})")
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=[*handles, Patch(facecolor="w", edgecolor="k", hatch="//", label="DEQ (hatched, bold)")],
-              fontsize=8)
+              fontsize=8, loc="lower right")
 
 
 def _depth_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:

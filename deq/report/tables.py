@@ -23,6 +23,12 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
   ``deq_counterpart`` measured at the same scale; ``paper_memory_reduction``: the same from the paper;
 - ``solver_code``: DEQ rows only, the official code whose solver settings the run used (``v1``: the
   paper's, the default; ``v2``: the later release; config key ``official_code``, docs/fidelity.md);
+- ``paper_width_memory_gb``: peak training memory of the row at the paper's exact widths and depth,
+  sequence 150, batch 15, embeddings excluded, from the committed measurement
+  ``results/reference/cpu/memory_paper.csv`` (:mod:`deq.bench.paper_memory`; empty where it is absent);
+  ``paper_width_memory_how``: measured at batch 15 or extrapolated from smaller batches, where and how;
+  ``paper_width_memory_reduction``: for an explicit row, 1 - DEQ / this row at those widths (beside
+  ``paper_memory_reduction``);
 - ``device``: where the run trained.
 
 Table 4 (``table4.csv``): one row per (pair, phase): ``deq_model``, ``explicit_model``, ``phase``
@@ -52,19 +58,22 @@ TABLE_TITLES = {
 MODEL_COLUMNS = ("model", "preset", "dataset", "params", "paper_params", "nonembedding_params",
                  "paper_nonembedding_params", "metric", "value", "paper_value", "test_tokens", "steps",
                  "peak_memory_mb", "memory_method", "memory_scale", "paper_memory_gb", "deq_counterpart",
-                 "memory_reduction", "paper_memory_reduction", "solver_code", "device")
+                 "memory_reduction", "paper_memory_reduction", "paper_width_memory_gb", "paper_width_memory_how",
+                 "paper_width_memory_reduction", "solver_code", "device")
 RUNTIME_COLUMNS = ("deq_model", "explicit_model", "phase", "ratio", "ratio_q1", "ratio_q3", "matched_ratio",
                    "paper_ratio", "goal", "device", "preset", "tokens")
 
 
 def write_table(number: int, runs: dict[str, Path], memory_csv: Path | None, runtime_csv: Path | None,
-                out_csv: Path, preset: str) -> pd.DataFrame:
+                out_csv: Path, preset: str, paper_memory_csv: Path | None = None) -> pd.DataFrame:
     """Table ``number`` as CSV. ``runs``: run name -> run folder (config.yaml, result.json) of its rows;
-    Tables 2-3 also read the memory benchmark's CSV, Table 4 only the runtime benchmark's."""
+    Tables 2-3 also read the memory benchmark's CSV and, where given, the paper-width memory
+    measurement (``results/reference/cpu/memory_paper.csv``); Table 4 only the runtime benchmark's."""
     if number == 1:
         frame = copy_table(runs, preset)
     elif number in (2, 3):
-        frame = lm_table(number, runs, pd.read_csv(memory_csv).set_index("name"), preset)
+        paper_memory = pd.read_csv(paper_memory_csv).set_index("name") if paper_memory_csv else None
+        frame = lm_table(number, runs, pd.read_csv(memory_csv).set_index("name"), preset, paper_memory)
     elif number == 4:
         frame = runtime_table(pd.read_csv(runtime_csv), preset)
     else:
@@ -101,7 +110,8 @@ def copy_table(runs: dict[str, Path], preset: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
-def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: str) -> pd.DataFrame:
+def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: str,
+             paper_memory: pd.DataFrame | None = None) -> pd.DataFrame:
     rows = []
     for name, row in CONFIGS.items():
         if row.paper_table != number:
@@ -121,6 +131,7 @@ def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: s
             "memory_scale": measured["scale"], "paper_memory_gb": row.paper_memory_gb,
             "deq_counterpart": _text(measured.get("deq")), "memory_reduction": _number(measured.get("reduction")),
             "paper_memory_reduction": _number(measured.get("paper_reduction")),
+            **_paper_width(paper_memory, name),
             "solver_code": config.get("official_code", "v1") if row.driver == "deq" else None,
             "device": result.get("device"),
         })
@@ -153,15 +164,22 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
     for number in (1, 2, 3):
         lines += [f"## {TABLE_TITLES[number]}", "",
                   "| model | params (paper) | non-emb. (paper) | metric | measured | paper | steps | "
-                  "peak memory MB (scale, method) | paper GB | reduction (paper) | device |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "peak memory MB (scale, method) | reduction | at paper widths: GB (paper GB) | "
+                  "reduction (paper) | device |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables[number].to_dict("records"):
             lines.append(
                 f"| {r['model']} ({r['dataset']}{_solver(r.get('solver_code'))}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
                 f"{_m(r['nonembedding_params'])} ({_m(r['paper_nonembedding_params'])}) | {r['metric']} | "
                 f"{_g(r['value'])} | {_g(r['paper_value'])} | {r['steps']} | "
-                f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_g(r['paper_memory_gb'])} | "
-                f"{_pct(r['memory_reduction'])} ({_pct(r['paper_memory_reduction'])}) | {r['device']} |")
+                f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_pct(r['memory_reduction'])} | "
+                f"{_g(r.get('paper_width_memory_gb'))}{_star(r.get('paper_width_memory_how'))} "
+                f"({_g(r['paper_memory_gb'])}) | {_pct(r.get('paper_width_memory_reduction'))} "
+                f"({_pct(r['paper_memory_reduction'])}) | {r['device']} |")
+        lines.append("")
+        lines.append("At paper widths: sequence 150, batch 15, embeddings excluded, measured by "
+                     "`make paper-memory` (results/reference/cpu/memory_paper.csv); * extrapolated to batch 15 "
+                     "from smaller batches (peak = a + b x batch). Empty where that file is absent.")
         lines.append("")
     lines += [f"## {TABLE_TITLES[4]}", "",
               "| DEQ | explicit | phase | ratio [q1, q3] | at matched f calls | paper | goal | device | tokens |",
@@ -182,6 +200,22 @@ def _run(folder: Path) -> tuple[dict, dict]:
     with open(folder / "config.yaml") as file:
         config = yaml.safe_load(file)
     return config, json.loads((folder / "result.json").read_text())
+
+
+def _paper_width(paper_memory: pd.DataFrame | None, name: str) -> dict:
+    """The row's memory at the paper's widths (measured or extrapolated to batch 15) and its reduction."""
+    if paper_memory is None or name not in paper_memory.index:
+        return {"paper_width_memory_gb": None, "paper_width_memory_how": None, "paper_width_memory_reduction": None}
+    r = paper_memory.loc[name]
+    how = (f"extrapolated from batches {r['fit_batches']}" if bool(r["extrapolated"]) else
+           f"measured at batch {r['batch']}")
+    return {"paper_width_memory_gb": float(r["memory_bytes"]) / 1e9,
+            "paper_width_memory_how": f"{how} on {r['device']} ({r['method']}, {r['revision']})",
+            "paper_width_memory_reduction": _number(r.get("reduction"))}
+
+
+def _star(how) -> str:
+    return "*" if isinstance(how, str) and how.startswith("extrapolated") else ""
 
 
 def _solver(code) -> str:

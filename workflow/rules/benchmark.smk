@@ -26,3 +26,20 @@ rule benchmark:
         "../envs/deq.yaml"
     script:
         "../scripts/benchmark.py"
+
+
+# The memory columns of Tables 2-3 at the paper's exact widths (deq/bench/paper_memory.py): about an hour
+# on 2 CPU cores, so not part of `all`; its CSV is committed, and the tables read it where it exists.
+# `snakemake --cores 2 results/reference/cpu/memory_paper.csv` (or `make paper-memory`).
+rule paper_memory:
+    output:
+        PAPER_MEMORY_CSV,
+    log:
+        "results/logs/benchmark/paper_memory.log",
+    threads: all_cores()
+    resources:
+        gpu=GPUS_PER_RUN and 1,
+    conda:
+        "../envs/deq.yaml"
+    shell:
+        "python -m deq.bench.paper_memory --out {output} > {log} 2>&1"

@@ -56,6 +56,7 @@ rule fig3_sweep:
 rule memory_bars:
     input:
         bench_output("memory"),
+        paper_memory_input(),
     output:
         png=report("results/figures/memory_bars.png", caption="../report/memory_bars.rst", category="Figures"),
         pdf="results/figures/memory_bars.pdf",
@@ -63,6 +64,7 @@ rule memory_bars:
         "results/logs/figures/memory_bars.log",
     params:
         figure="plot_memory_bars",
+        paper_memory=lambda wildcards, input: input[1] if len(input) > 1 else None,
     conda:
         "../envs/deq.yaml"
     script:

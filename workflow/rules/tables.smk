@@ -7,6 +7,7 @@ rule table:
         runs=lambda wildcards: [run_result(name) for name in runs_of_table(int(wildcards.n))],
         benchmark=lambda wildcards: {"1": [], "2": bench_output("memory"), "3": bench_output("memory"),
                                      "4": bench_output("runtime")}[wildcards.n],
+        paper_memory=lambda wildcards: paper_memory_input() if wildcards.n in ("2", "3") else [],
     output:
         report("results/table{n}.csv", caption="../report/table.rst", category="Tables",
                labels={"table": "{n}"}),
