@@ -308,7 +308,10 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warm
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     embedding = {p.data_ptr() for p in model.embedding.parameters()}
     embedding_state = adam_state_bytes(model.embedding.parameters())
-    tokens = zipf_tokens(cfg.n_token, (steps, scale.batch, scale.seq_len + 1)).to(device)
+    # Drawn at the protocol's batch (or more) and cut: a smaller batch measures the first samples of the
+    # larger one, so that measurements at several batches differ by their size, not by their tokens.
+    draw = (steps, max(scale.batch, PROTOCOL_BATCH), scale.seq_len + 1)
+    tokens = zipf_tokens(cfg.n_token, draw)[:, : scale.batch].to(device)
     counter = _SplitCounter(exclude=embedding)
     hooks = [model.driver.register_forward_pre_hook(lambda *_: setattr(counter, "inside", True)),
              model.driver.register_forward_hook(lambda *_: setattr(counter, "inside", False))]
