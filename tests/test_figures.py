@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from deq.report import figures
@@ -175,3 +176,28 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         figures.plot_sweep(sweep(tmp_path), tmp_path / "s.png", tmp_path / "s.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv"]
+
+
+def test_memory_bars_draw_the_paper_width_csv_and_every_text_fits(tmp_path, monkeypatch):
+    # The paper-width bars are the committed measurement's GB (not the study's MiB), and no label or
+    # footnote may run off the figure (the footnote used to be cut at both edges).
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, png, pdf: drawn.setdefault("fig", fig))
+    widths = _csv(tmp_path / "memory_paper.csv", [
+        {"name": "ptb-trellisnet-60-aux", "memory_bytes": 6.5e9, "method": "cpu-allocator-peak", "device": "cpu",
+         "revision": "abc1234", "extrapolated": True},
+        {"name": "ptb-deq-trellisnet", "memory_bytes": 1.6e9, "method": "cpu-allocator-peak", "device": "cpu",
+         "revision": "abc1234", "extrapolated": True}])
+    figures.plot_memory_bars(memory_bars(tmp_path), tmp_path / "m.png", tmp_path / "m.pdf", widths)
+    fig = drawn["fig"]
+    FigureCanvasAgg(fig).draw()  # lays the figure out as savefig does
+    labels = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"6.5 GB", "1.6 GB", "8.5 GB", "1.2 GB"} <= labels  # paper-width and paper bars, in GB
+    box = fig.bbox
+    texts = [t for ax in fig.axes for t in (*ax.texts, ax.xaxis.label, *ax.get_yticklabels())]
+    texts += [fig._supxlabel, fig._suptitle]
+    for text in texts:
+        extent = text.get_window_extent()
+        assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, text.get_text()[:60]
+        assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, text.get_text()[:60]
+    assert "abc1234" in fig._supxlabel.get_text() and "2 of 2 rows extrapolated" in fig._supxlabel.get_text()

@@ -5,12 +5,14 @@ On one GPU, in this order, each part skipped (and said so) when the time left ca
 (a) ``memory``: the memory column of Tables 2-3 at the paper's protocol (sequence 150, batch 15,
     word embeddings excluded) for every paper-scale row that fits in GPU memory. Uses
     ``deq.bench.memory.run_memory_benchmark`` where it exists, else :func:`measure_memory` below.
+    ``paper_memory``: the same rows by :mod:`deq.bench.paper_memory` (``memory_paper.csv``, the
+    method of the CPU reference in ``results/reference/cpu/``, so the two compare row by row).
 (b) ``runtime``: Table 4's DEQ / explicit ratios at paper scale (:mod:`deq.bench.runtime`).
 (c) ``throughput``: tokens per second of the DEQ-Transformer medium rows, training and inference,
     at the official script's batch (56 segments of 150 tokens, memory 150).
 
 Files under DIR, each written atomically as soon as its part (or row) finishes, so a run cut short
-keeps what finished: ``device.json`` (first), ``memory.csv``, ``runtime.csv`` + ``runtime.md``,
+keeps what finished: ``device.json`` (first), ``memory.csv``, ``memory_paper.csv``, ``runtime.csv`` + ``runtime.md``,
 ``throughput.csv``, and ``status.csv`` (one row per part: done / skipped / failed, seconds, why).
 
 ``--shrink`` runs every part at smoke scale on the CPU: the check that the script works, in seconds.
@@ -66,8 +68,9 @@ class Scale:
 
 
 PAPER = Scale("paper", "cuda", "wikitext-103", 150, 15, 56, 150, 5,
-              {"memory": 60, "runtime": 120, "throughput": 45})
-SHRUNK = Scale("smoke", "cpu", "wikitext-2", 8, 2, 2, 8, 2, {"memory": 2, "runtime": 3, "throughput": 1})
+              {"memory": 60, "paper_memory": 90, "runtime": 120, "throughput": 45})
+SHRUNK = Scale("smoke", "cpu", "wikitext-2", 8, 2, 2, 8, 2,
+               {"memory": 2, "paper_memory": 2, "runtime": 3, "throughput": 1})
 
 
 # ---- device.json ------------------------------------------------------------------------------------
@@ -211,6 +214,20 @@ def memory_part(scale: Scale, out: Path, deadline: float) -> list[Path]:
     return [path for key, path in offered.items() if key.endswith("_path") and key in accepted]
 
 
+def paper_memory_part(scale: Scale, out: Path, deadline: float) -> list[Path]:
+    """Tables 2-3 at the paper's exact widths (:mod:`deq.bench.paper_memory`), beside the CPU's reference
+    CSV: on a GPU every row fits batch 15, so each is measured there and its batch fit checked."""
+    from deq.bench.paper_memory import run_paper_memory
+
+    path = out / "memory_paper.csv"
+    if scale.preset == "smoke":
+        run_paper_memory(path, preset="smoke", seq_len=scale.seq_len, target_batch=4, fit_batches=(2, 3),
+                         names=("ptb-deq-trellisnet", "ptb-trellisnet-60-aux"), variants=())
+    else:
+        run_paper_memory(path)
+    return [path]
+
+
 # ---- (c) tokens per second --------------------------------------------------------------------------
 
 def measure_throughput(scale: Scale, csv_path: Path, deadline: float) -> list[dict]:
@@ -292,7 +309,8 @@ def throughput_part(scale: Scale, out: Path, deadline: float) -> list[Path]:
 
 
 PARTS: dict[str, Callable[[Scale, Path, float], list[Path]]] = {
-    "memory": memory_part, "runtime": runtime_part, "throughput": throughput_part}
+    "memory": memory_part, "paper_memory": paper_memory_part, "runtime": runtime_part,
+    "throughput": throughput_part}
 STATUS_FIELDS = ("part", "status", "seconds", "reason", "files")
 
 

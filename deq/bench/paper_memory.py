@@ -84,7 +84,11 @@ def fit_line(points: dict[int, float]) -> tuple[float, float]:
 
 
 def _revision() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    """The checkout's short revision; 'unknown' outside a git checkout or without git (the GPU machine)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return "unknown"
     return out.stdout.strip() or "unknown"
 
 
@@ -119,8 +123,11 @@ def measure_paper_row(name: str, cfg: LMConfig, *, preset: str, seq_len: int, ta
                    step_s_batch=measured["step_s"])
     else:
         row.update(memory_bytes=extrapolated, extrapolated=True, fit_error=None, step_s_batch=None)
-    row["other_bytes"] = (row["memory_bytes"] - row["param_state_bytes"] - row["activation_bytes"]
-                          - max(row["fwd_buffer_bytes"], row["bwd_buffer_bytes"]))  # gradients + temporaries
+    # What the peak holds besides the parameter state and the solver's history (computed from its code):
+    # activations, gradients and the backward's temporaries. (activation_bytes, the saved-tensor account,
+    # counts a tensor once per op that saves it, so it can exceed this.)
+    row["rest_bytes"] = row["memory_bytes"] - row["param_state_bytes"] - max(row["fwd_buffer_bytes"],
+                                                                             row["bwd_buffer_bytes"])
     return row
 
 
@@ -193,6 +200,17 @@ def render_readme_table(frame: pd.DataFrame) -> str:
             lines.append(f"| {deq_name}{_mark(d)} | {name}{_mark(e)} | {d.memory_gb:.2f} ({d.paper_memory_gb:g}) | "
                          f"{e.memory_gb:.2f} ({e.paper_memory_gb:g}) | {100 * e.reduction:.1f}% "
                          f"({100 * e.paper_reduction:.1f}%) |")
+    lines += ["", "What each peak holds (GB at batch 15): the parameter state (weights and Adam moments, "
+              "embedding excluded), the solver's history (Broyden's U and V at the cap, computed from its code), "
+              "and the rest (activations, gradients, the backward's temporaries).", "",
+              "| row | peak | parameter state | solver history | rest | paper |", "|---|---|---|---|---|---|"]
+    for r in frame.itertuples():
+        history = max(r.fwd_buffer_bytes, r.bwd_buffer_bytes) / GB
+        paper = "" if pd.isna(r.paper_memory_gb) else f"{r.paper_memory_gb:g}"
+        name = r.name if not r.variant_of or pd.isna(r.variant_of) else f"{r.name} ({r.variant_of})"
+        rest = r.memory_gb - r.param_state_bytes / GB - history
+        lines.append(f"| {name}{_mark(r)} | {r.memory_gb:.2f} | {r.param_state_bytes / GB:.2f} | {history:.2f} | "
+                     f"{rest:.2f} | {paper} |")
     checks = frame[~frame.extrapolated.astype(bool)]
     check = ", ".join(f"{r.name} {100 * r.fit_error:+.2f}%" for r in checks.itertuples()) or "none"
     lines += ["", f"\\* extrapolated from batches {first.fit_batches} (peak = a + b x batch); the others measured "

@@ -244,8 +244,8 @@ def _memory_panel(ax: Axes, rows: pd.DataFrame, title: str) -> None:
         tick.set_fontweight("bold" if deq else "normal")
     ax.invert_yaxis()  # the table's order, top to bottom
     ax.set_xlim(0, 1.35 * largest if largest > 0 else 100)
-    names = "; ".join(f"{source}: {name}" for source, name in references.items())
-    ax.set_xlabel(f"% of the largest explicit model\n({names})")
+    names = textwrap.fill("100%: " + "; ".join(f"{source}: {name}" for source, name in references.items()), 110)
+    ax.set_xlabel(f"% of the largest explicit model\n{names}", fontsize=9)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=[*handles, Patch(facecolor="w", edgecolor="k", hatch="//", label="DEQ (hatched, bold)")],
               fontsize=8, loc="lower right")
