@@ -140,7 +140,7 @@ def run_paper_memory(out_csv: str | Path | None = None, *, preset: str = "paper"
     ``preset``, ``seq_len`` and the batches exist for tests ('smoke' widths on a few tokens); the
     benchmark is the default.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, revision = "cuda" if torch.cuda.is_available() else "cpu", _revision()  # the code that runs
     names = tuple(CONFIGS) if names is None else names
     variants = tuple(VARIANTS) if variants is None else variants
     unknown = sorted(set(names) - set(CONFIGS)) + sorted(set(variants) - set(VARIANTS))
@@ -173,7 +173,7 @@ def run_paper_memory(out_csv: str | Path | None = None, *, preset: str = "paper"
                                                        / by_name.at[name, "paper_memory_gb"])
     frame["memory_gb"] = frame.memory_bytes / GB
     frame["device"], frame["date"] = device_name(), datetime.date.today().isoformat()
-    frame["revision"], frame["torch"] = _revision(), torch.__version__
+    frame["revision"], frame["torch"] = revision, torch.__version__
     frame["command"] = "python -m deq.bench.paper_memory"
     checked = frame[~frame.extrapolated.astype(bool)]
     for r in checked.itertuples():
