@@ -7,6 +7,8 @@ import math
 import sys
 
 import pytest
+
+import deq
 import torch
 
 from deq.bench import depth, memory
@@ -136,6 +138,28 @@ def test_solver_buffers_follow_the_solvers_allocations():
     assert memory.solver_buffer_bytes("broyden", 30, {"m": 8}, B, d) == (2 * 8 + 1) * B * d * 4
     with pytest.raises(ValueError, match="unknown solver 'andersen'"):
         memory.solver_buffer_bytes("andersen", 30, {}, B, d)
+
+
+# Working vectors (B, d) a solve holds beyond its history, f's output and temporaries included, measured
+# with f(z) = 0.999 z + 1: not in the account, but the same at every cap.
+WORKING_VECTORS = {"anderson": 6, "broyden": 14, "picard": 5}
+
+
+@pytest.mark.parametrize("solver, options", [("anderson", {}), ("broyden", {}), ("broyden", {"m": 5}), ("picard", {})])
+def test_solver_buffers_are_what_the_solver_really_allocates(solver, options):
+    # The account must be the solver's real history: the allocator's peak over a solve that runs to its
+    # cap is the account plus a fixed working set, whatever the cap (a wrong slot count would grow it).
+    from deq.engine.memory import AllocatorPeak
+
+    B, d = 4, 20_000
+    z0, vector, excess = torch.zeros(B, d), B * d * 4, {}
+    for cap in (6, 30):
+        with AllocatorPeak("cpu") as peak:
+            deq.solve(lambda z: 0.999 * z + 1, z0, solver=solver, tol=1e-30, max_iter=cap, stop_mode="abs",
+                      **options)
+        excess[cap] = (peak.bytes - memory.solver_buffer_bytes(solver, cap, options, B, d)) / vector
+    assert excess[6] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess
+    assert excess[30] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess
 
 
 def test_best_possible_reduction_is_one_layer_against_depth_layers():

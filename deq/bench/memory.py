@@ -91,7 +91,9 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
     ``d`` is one sample's flattened state, T x d_state. Anderson: dG and dS (B, m, d) each, the probe
     (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
     unless given (and never above it); Picard: nothing. Every solver's trace also keeps its best
-    iterate (B, d). The few current iterates (B, d) every solver holds are not counted. Broyden holds
+    iterate (B, d). The working vectors (B, d) of the current step are not counted: measured with a cheap
+    f (its output included), Anderson 6, Broyden 14, Picard 5, whatever the cap
+    (``tests/test_bench_memory.py``). Broyden holds
     ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
     """
     if solver not in SOLVERS:

@@ -24,7 +24,7 @@ class SolverSettings:
 
     solver: str = "anderson"  # forward solver in training (the DEQ v2 code: Anderson)
     tol: float = 1e-3  # forward tolerance in training
-    max_iter: int = 30  # forward cap in training: evaluations of f (the official Broyden's threshold + 1)
+    max_iter: int = 30  # forward cap in training: evaluations of f (v1 modules/broyden.py's threshold + 1)
     stop_mode: str = "rel"  # 'rel', 'abs' (per sample) or 'batch_rms' (the v1 code's), forward and backward
     backward: str = "implicit"  # 'implicit', 'phantom', 'jfb' or 'unrolled' (see deq.BACKWARDS)
     backward_solver: str = "broyden"  # solver of the implicit backward

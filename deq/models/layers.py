@@ -24,7 +24,7 @@ class VariationalDropout(nn.Module):
     Call ``reset(x)`` once per training step with a tensor shaped like the input; every later
     ``forward`` in that step multiplies by the same mask, whose size is 1 along each shared dim and
     ``x``'s elsewhere: (B, 1, C) for the default, (B, T, 1) with ``shared=(2,)`` (whole positions
-    dropped, as the official DEQ-Transformer's output dropout), (1, 1, C) with ``shared=(0, 1)`` (one
+    dropped, as the output dropout of v1 ``deq_transformer.py``), (1, 1, C) with ``shared=(0, 1)`` (one
     mask for the batch, as its positional-embedding dropout). In eval mode, or with ``p == 0``, it is
     the identity. Without a reset in training mode it raises, because silently running without a
     mask would change the model.

@@ -7,7 +7,8 @@ What is counted (the definitions behind the paper's two columns, as this project
 
 - **total**: every distinct parameter of the language model. ``nn.Module.parameters()`` yields a
   shared tensor once, so the word embedding tied to the softmax counts once; weight normalisation's
-  direction ``v`` and gain ``g`` both count (as in the official code, whose weight norm keeps both).
+  direction ``v`` and gain ``g`` both count (as in the official code, whose weight norm keeps both:
+  locuslab/deq v1 ``DEQModel/modules/optimizations.py``, ``WeightNorm``).
 - **non-embedding**: total minus the word-embedding tables, their projections (adaptive embedding),
   and the softmax's own parameters (per-word biases, cluster logits): that is, the driver's cell or
   cells, input injection included.
