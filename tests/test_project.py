@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,10 @@ def smoke_study(tmp_path_factory):
     if not (MIRROR / "ptb").is_dir() or not (MIRROR / "wikitext-2").is_dir():
         pytest.skip(f"local corpus mirror {MIRROR} (PTB, WikiText-2) not present")
     folder = tmp_path_factory.mktemp("study")
+    # The committed paper-width memory measurement, where a clone has it: Tables 2-3 and memory_bars read it.
+    reference = folder / "results" / "reference" / "cpu"
+    reference.mkdir(parents=True)
+    shutil.copy(REPO / "results" / "reference" / "cpu" / "memory_paper.csv", reference)
     result = snakemake(folder, "--cores", "2", "all", timeout=1800)
     logs = sorted((folder / "results" / "logs").rglob("*.log")) if result.returncode else []
     assert result.returncode == 0, result.stderr[-4000:] + "".join(log.read_text()[-1500:] for log in logs)
@@ -125,6 +130,9 @@ def test_smoke_study_writes_every_table_with_the_documented_columns(smoke_study)
         table = pd.read_csv(results / f"table{number}.csv")
         explicit = table[table["deq_counterpart"].notna()]
         assert len(explicit) >= 1 and explicit["memory_reduction"].notna().all()
+        # the committed paper-width measurement, beside the paper's, on every row and pair
+        assert (table["paper_width_memory_gb"] > 0).all() and table["paper_width_memory_how"].notna().all()
+        assert explicit["paper_width_memory_reduction"].notna().all()
     runtime = pd.read_csv(results / "table4.csv")
     assert tuple(runtime.columns) == RUNTIME_COLUMNS
     assert sorted(runtime["phase"]) == ["infer", "infer", "train", "train"]

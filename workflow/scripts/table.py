@@ -9,7 +9,7 @@ log_to(snakemake.log[0])  # noqa: F821 (snakemake is set by Snakemake)
 from deq.report.tables import write_table  # noqa: E402
 
 benchmark = snakemake.input.benchmark or None  # noqa: F821
-paper_memory = snakemake.input.paper_memory or None  # noqa: F821 (the committed paper-width CSV, if any)
+paper_memory = (snakemake.input.paper_memory or [None])[0]  # noqa: F821 (the committed paper-width CSV, if any)
 frame = write_table(int(snakemake.wildcards.n),  # noqa: F821
                     {name: Path(folder) for name, folder in snakemake.params.runs.items()},  # noqa: F821
                     benchmark, benchmark, snakemake.output[0], snakemake.params.preset,  # noqa: F821
