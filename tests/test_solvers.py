@@ -271,3 +271,16 @@ def test_a_diverging_solve_runs_to_the_cap_and_returns_its_lowest_iterate():
     for solver in SOLVER_NAMES:
         z, stats = deq.solve(f, z0, solver=solver, tol=1e-6, max_iter=12, stop_mode="batch_rms")
         assert stats.n_iter == 12 and torch.equal(z, z0), solver
+
+
+def test_batch_rms_keeps_its_best_iterate_after_a_non_finite_residual():
+    # A NaN batch residual must not become the "best" one, or no later iterate could ever improve on it.
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return torch.full_like(z, math.nan) if len(calls) == 2 else 0.5 * z + 1
+
+    z, stats = deq.solve(f, torch.zeros(2, 3, dtype=torch.float64), solver="picard", tol=1e-9, max_iter=6,
+                         stop_mode="batch_rms")
+    assert torch.isfinite(stats.residual).all() and stats.residual[0] == stats.trace[0, 0]  # the first iterate

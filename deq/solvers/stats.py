@@ -116,12 +116,6 @@ class SolverStats:
 Function = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _batch_rms(abs_rows: torch.Tensor, size: int) -> torch.Tensor:
-    """(n, B) per-sample ||g|| -> (n, B): each row's whole-batch RMS of g, repeated for every sample."""
-    rms = (abs_rows.square().mean(dim=1, keepdim=True) / size).sqrt()
-    return rms.expand_as(abs_rows)
-
-
 class Trace:
     """Evaluates ``f`` for a solver, logging residuals, the best iterate per sample and nfe."""
 
@@ -160,10 +154,10 @@ class Trace:
         self.abs_rows.append(abs_res)
         self.rel_rows.append(rel_res)
         if self.stop_mode == "batch_rms":  # one residual, one best iterate, for the whole batch
-            batch = _batch_rms(abs_res[None], self.size)[0, :1]  # (1,)
+            batch = (abs_res.square().mean() / self.size).sqrt()[None]  # (1,): ||g||_F / sqrt(numel)
             self.batch_rows.append(batch)
             improved = (batch < self.best_batch).expand_as(abs_res)  # NaN never improves
-            self.best_batch = torch.minimum(batch, self.best_batch)
+            self.best_batch = torch.where(improved[:1], batch, self.best_batch)
         else:
             res = rel_res if self.stop_mode == "rel" else abs_res
             best = self.best_rel if self.stop_mode == "rel" else self.best_abs
