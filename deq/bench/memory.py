@@ -173,6 +173,11 @@ def _zipf_mass(n_token: int, lo: int, hi: int) -> float:
     return (harmonic(hi) - harmonic(lo)) / harmonic(n_token)
 
 
+def state_width(cfg: LMConfig) -> int:
+    """Channels of the row's state z: d_model for the transformer cell, [h; c] for the TrellisNet's."""
+    return cfg.d_model if cfg.family == "transformer" else 2 * cfg.cell.d_hidden
+
+
 def _costs(cfg: LMConfig, scale: Scale) -> tuple[float, float, float]:
     """(forward FLOPs of one f, bytes one f saves, FLOPs of the injection), per token; rough, for planning."""
     cell, T = cfg.cell, scale.seq_len
@@ -221,7 +226,7 @@ def estimate(cfg: LMConfig, scale: Scale, steps: int, device: str) -> tuple[floa
     f_flops, f_bytes, inject = _costs(cfg, scale)
     sm_flops, sm_bytes = _softmax_costs(cfg)
     readouts = 1 + cfg.n_aux_readouts
-    d_state = cfg.d_model if cfg.family == "transformer" else 2 * cfg.cell.d_hidden
+    d_state = state_width(cfg)
     buffers = 0
     if cfg.driver == "deq":  # the forward solve to its cap, the tracked f(z*) and the backward VJPs (~2 f each)
         s = cfg.solver

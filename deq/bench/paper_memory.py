@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from deq.bench.memory import PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, Scale, _memory_budget, config_at, deq_buffer_bytes, \
-    estimate, measure_row
+    estimate, measure_row, state_width
 from deq.engine.memory import device_name
 from deq.io import atomic_write_text
 from deq.models.configs import CONFIGS, LMConfig
@@ -114,8 +114,8 @@ def measure_paper_row(name: str, cfg: LMConfig, *, preset: str, seq_len: int, ta
            "fwd_iters": largest["fwd_iters"], "bwd_iters": largest["bwd_iters"], "fwd_buffer_bytes": 0,
            "bwd_buffer_bytes": 0, "method": largest["method"], "step_s_largest_fit_batch": largest["step_s"]}
     if cfg.driver == "deq":
-        d_state = cfg.d_model if cfg.family == "transformer" else 2 * cfg.cell.d_hidden
-        row["fwd_buffer_bytes"], row["bwd_buffer_bytes"] = deq_buffer_bytes(cfg.solver, target_batch, seq_len, d_state)
+        row["fwd_buffer_bytes"], row["bwd_buffer_bytes"] = deq_buffer_bytes(cfg.solver, target_batch, seq_len,
+                                                                             state_width(cfg))
     if direct:
         measured = measure_row(cfg, scale, 2, device, cheap_warmup=True)
         row.update(memory_bytes=measured["memory_bytes"], extrapolated=False,

@@ -134,7 +134,7 @@ def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike,
     of its table's largest explicit model."""
     frame = _read_csv(memory_csv, ("name", "driver", "scale", "method"),
                       ("paper_table", "memory_bytes", "paper_memory_gb"))
-    widths = _read_csv(paper_memory_csv or "", ("name", "method", "device", "revision", "extrapolated"),
+    widths = _read_csv(paper_memory_csv, ("name", "method", "device", "revision", "extrapolated"),
                        ("memory_bytes",)).set_index("name") if paper_memory_csv else None
     frame["paper_width_bytes"] = (frame.name.map(widths.memory_bytes) if widths is not None and not widths.empty
                                   else np.nan)
