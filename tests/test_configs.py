@@ -120,10 +120,27 @@ def test_shrunk_presets_keep_the_row_and_shrink_the_width(name, preset):
     paper, cfg = get_config(name), get_config(name, preset)
     keep = ("name", "paper_table", "dataset", "n_token", "family", "driver", "cutoffs", "div_val", "checkpoint")
     assert [getattr(cfg, k) for k in keep] == [getattr(paper, k) for k in keep]
-    width = {("smoke", "transformer"): 32, ("smoke", "trellis"): 16, ("cpu", "transformer"): 128,
-             ("cpu", "trellis"): 128}[preset, cfg.family]
+    width = {"transformer": 32, "trellis": 16}[cfg.family] if preset == "smoke" else round(paper.d_model * 128 / 500)
     assert cfg.preset == preset and cfg.d_model == width
     assert cfg.n_layer <= paper.n_layer and (cfg.aux_every > 0) == (paper.aux_every > 0)
+    if preset == "cpu":  # widths scaled, the paper's depth kept
+        assert (cfg.n_layer, cfg.aux_every) == (paper.n_layer, paper.aux_every)
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_cpu_preset_keeps_each_pairs_parameter_ratio(width):
+    # One width factor for every row: a DEQ and its explicit counterpart keep the ratio of their
+    # non-embedding parameters at the paper's widths (the old rule clipped d_inner and quartered the
+    # depth, leaving the medium DEQ-Transformer 26% smaller than its Transformer-XL).
+    from deq.bench.memory import PAIRS
+    from deq.models.params import count_config
+
+    for deq_name, counterparts in PAIRS.items():
+        for name in counterparts:
+            paper = count_config(get_config(deq_name))[1] / count_config(get_config(name))[1]
+            cpu = (count_config(get_config(deq_name, "cpu", width=width))[1]
+                   / count_config(get_config(name, "cpu", width=width))[1])
+            assert cpu == pytest.approx(paper, rel=0.03), (deq_name, name, width)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CONFIGS[n].aux_every])

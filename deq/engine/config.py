@@ -26,6 +26,7 @@ class TrainConfig:
     preset: str = "cpu"  # scale of the model row: 'smoke', 'cpu' or 'paper'
     official_code: str = "v1"  # DEQ solver settings of the official code: 'v1' (the paper's) or 'v2'
     dataset: str | None = None  # corpus; None: the row's own (copy-memory rows: 'copy-memory')
+    width: int | None = None  # cpu preset only: the width of the 500-wide rows (None: 128; deq.models.configs)
     data_root: str = "data"  # where datasets are downloaded and prepared
     data_mirror: str | None = None  # local mirror <mirror>/<dataset>/<files>; env DEQ_DATA_MIRROR if None
     seed: int = 0  # seeds torch, numpy and random
@@ -40,7 +41,8 @@ class TrainConfig:
     pretrain_steps: int | None = None  # DEQ rows: steps run as the weight-tied stack; None: the row's
     eval_batch_size: int = 10  # streams at evaluation
     eval_tgt_len: int = 64  # tokens per evaluation segment
-    eval_mem_len: int | None = None  # memory at evaluation; None: the row's mem_len
+    mem_len: int | None = None  # segment memory (states kept from the previous segment); None: the row's mem_len
+    eval_mem_len: int | None = None  # memory at evaluation; None: mem_len
     eval_every: int = 0  # validation every N steps (0: only at the end)
     eval_max_tokens: int | None = None  # cap on validation tokens per evaluation (None: the whole split)
     test_max_tokens: int | None = None  # cap on test tokens (None: the whole split, the paper's metric)
@@ -60,6 +62,10 @@ class TrainConfig:
         _choice("preset", self.preset, PRESETS)
         _choice("official_code", self.official_code, CODES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        if self.width is not None and (self.preset != "cpu" or self.is_copy_memory or isinstance(self.width, bool)
+                                       or not isinstance(self.width, int) or self.width < 8):
+            raise ValueError(f"width is set only for a language model at preset 'cpu', as an int >= 8; got "
+                             f"width={self.width!r}, preset={self.preset!r}, model={self.model!r}")
         if self.dataset is not None:
             allowed = ("copy-memory",) if self.is_copy_memory else tuple(DATASETS)
             _choice("dataset", self.dataset, allowed)
@@ -68,7 +74,7 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_every", "seed"):
             _at_least(name, getattr(self, name), 0)
-        for name in ("pretrain_steps", "eval_mem_len", "eval_max_tokens", "test_max_tokens"):
+        for name in ("pretrain_steps", "mem_len", "eval_mem_len", "eval_max_tokens", "test_max_tokens"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0)
         if not isinstance(self.keep_steps, (list, tuple)) or not all(
@@ -117,7 +123,9 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 
 def lm_row(cfg: TrainConfig) -> LMConfig:
     """The language-model row a run trains: the named row at its preset, on the run's corpus."""
-    row = get_config(cfg.model, cfg.preset, cfg.official_code)
+    row = get_config(cfg.model, cfg.preset, cfg.official_code, cfg.width)
+    if cfg.mem_len is not None:
+        row = dataclasses.replace(row, mem_len=cfg.mem_len)
     dataset = cfg.dataset or row.dataset
     return row if dataset == row.dataset else on_dataset(row, dataset)
 

@@ -15,11 +15,14 @@ Presets (one rule for every row; family, driver, dataset, vocabulary, cutoffs, d
   d_embed = d_out 16 and d_hidden 32; 2 layers; mem_len at most 8; solver caps 4; subsequences of at
   most 4 positions where the row solves in subsequences; one pretraining step if the row pretrains; an
   auxiliary readout after layer 1 if the row has them.
-- ``cpu``: a real model scaled for a 2-core CPU: the model width (transformer d_model, TrellisNet
-  d_out = d_embed) becomes 128 and the other widths keep their ratio to it (transformer: 4 heads x 32,
-  d_inner scaled and clipped to [128, 2048]; TrellisNet: d_hidden scaled); n_layer ceil(n/4), at
-  least 2, with aux readouts every aux_every scaled alike (the same number of readouts); mem_len at
-  most 64; pretrain_steps / 100; solver settings as the paper row.
+- ``cpu``: a real model scaled for a 2-core CPU: every width of every row times one factor,
+  ``width / 500`` (``width`` 128 by default; 500 is the d_model of the DEQ-Transformer small and of the
+  WikiText-103 TrellisNets, so those rows become exactly ``width`` wide), the paper's depth kept. One
+  factor for the whole registry keeps every ratio between rows: non-embedding parameters scale by the
+  factor squared in every row alike, so a DEQ and its explicit counterpart keep the paper's parameter
+  ratio (the tables show both). Transformer heads: the attention width n_head x d_head scaled, split
+  into heads of about 32 channels; mem_len at most 64; pretrain_steps / 100 (the study sets its own
+  pretraining budget, :mod:`deq.study`); solver settings as the paper row.
 
 At every preset the embedding table is at least ``div_val ** len(cutoffs)`` wide, so that every
 adaptive cluster keeps one channel or more.
@@ -192,8 +195,9 @@ def build_model(cfg: LMConfig) -> LanguageModel:
 SMOKE_RULE = ("transformer d_model 32 (2 x 16 heads, d_inner 64) or TrellisNet d_embed = d_out 16, d_hidden 32; "
               "2 layers; mem_len <= 8; solver caps 4; subsequences <= 4; 1 pretraining step; aux readout after "
               "layer 1")
-CPU_RULE = ("model width 128, other widths at their paper ratio (transformer 4 x 32 heads, d_inner in "
-            "[128, 2048]); n_layer ceil(n/4) >= 2; mem_len <= 64; pretrain_steps / 100")
+CPU_WIDTH, CPU_REFERENCE_WIDTH = 128, 500  # the cpu preset scales every width by CPU_WIDTH / 500
+CPU_RULE = ("every width x width/500 (the 500-wide rows become `width` wide), the paper's depth, heads of about "
+            "32 channels; mem_len <= 64; pretrain_steps / 100")
 
 
 def _smoke(cfg: LMConfig) -> LMConfig:
@@ -209,29 +213,41 @@ def _smoke(cfg: LMConfig) -> LMConfig:
                    derivation=f"[smoke preset: {SMOKE_RULE}] {cfg.derivation}")
 
 
-def _cpu(cfg: LMConfig) -> LMConfig:
-    width, scale = 128, 128 / cfg.d_model
+def _cpu(cfg: LMConfig, width: int = CPU_WIDTH) -> LMConfig:
+    scale = width / CPU_REFERENCE_WIDTH
+
+    def scaled(n: int) -> int:
+        return max(1, round(n * scale))
+
     if cfg.family == "transformer":
-        d_inner = min(max(round(cfg.cell.d_inner * scale), 128), 2048)
-        cell = replace(cfg.cell, d_model=width, n_head=4, d_head=32, d_inner=d_inner, d_embed=None)
+        attention = scaled(cfg.cell.n_head * cfg.cell.d_head)
+        n_head = max(1, round(attention / 32))
+        cell = replace(cfg.cell, d_model=scaled(cfg.cell.d_model), n_head=n_head, d_head=max(1, round(attention / n_head)),
+                       d_inner=scaled(cfg.cell.d_inner), d_embed=None)
     else:
-        cell = replace(cfg.cell, d_embed=width, d_hidden=round(cfg.cell.d_hidden * scale), d_out=width)
-    n_layer = max(2, math.ceil(cfg.n_layer / 4))
-    aux_every = max(1, round(cfg.aux_every * n_layer / cfg.n_layer)) if cfg.aux_every else 0
-    return replace(cfg, cell=cell, d_embed=max(width, cfg.div_val ** len(cfg.cutoffs)), n_layer=n_layer,
-                   mem_len=min(cfg.mem_len, 64), aux_every=aux_every, pretrain_steps=cfg.pretrain_steps // 100,
-                   preset="cpu", derivation=f"[cpu preset: {CPU_RULE}] {cfg.derivation}")
+        cell = replace(cfg.cell, d_embed=scaled(cfg.cell.d_embed), d_hidden=scaled(cfg.cell.d_hidden),
+                       d_out=scaled(cfg.cell.d_out))
+    d_embed = max(scaled(cfg.d_embed), cfg.div_val ** len(cfg.cutoffs))
+    return replace(cfg, cell=cell, d_embed=d_embed, mem_len=min(cfg.mem_len, 64),
+                   pretrain_steps=cfg.pretrain_steps // 100, preset="cpu",
+                   derivation=f"[cpu preset at width {width}: {CPU_RULE}] {cfg.derivation}")
 
 
-def get_config(name: str, preset: str = "paper", code: str = "v1") -> LMConfig:
+def get_config(name: str, preset: str = "paper", code: str = "v1", width: int | None = None) -> LMConfig:
     """The registered row ``name`` at ``preset`` ('paper', 'smoke' or 'cpu'; rules in the module docstring),
     with the solver settings of official code ``code`` ('v1', the paper's, or 'v2'; see
-    :func:`deq.models.paper_configs.with_code`)."""
+    :func:`deq.models.paper_configs.with_code`). ``width`` (cpu preset only; default 128) is the width the
+    500-wide rows get: the study's size sweep trains pairs at several widths."""
     from deq.models.paper_configs import CONFIGS, with_code  # see __getattr__ below
 
     _choice("config", name, CONFIGS)
     _choice("preset", preset, PRESETS)
-    return {"paper": lambda c: c, "smoke": _smoke, "cpu": _cpu}[preset](with_code(CONFIGS[name], code))
+    if width is not None and (preset != "cpu" or isinstance(width, bool) or not isinstance(width, int) or width < 8):
+        raise ValueError(f"width is a cpu-preset setting, an int >= 8; got width={width!r} at preset {preset!r}")
+    row = with_code(CONFIGS[name], code)
+    if preset == "cpu":
+        return _cpu(row, width or CPU_WIDTH)
+    return {"paper": lambda c: c, "smoke": _smoke}[preset](row)
 
 
 def on_dataset(cfg: LMConfig, dataset: str) -> LMConfig:
