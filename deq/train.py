@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deq.engine.config import TrainConfig, lm_row, load_config, to_dict
-from deq.engine.memory import MEMORY_FIELDS, MemoryMonitor, adam_state_bytes
+from deq.engine.memory import MEMORY_FIELDS, AllocatorPeak, MemoryMonitor, adam_state_bytes
 from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, read_jsonl, run_metadata,
                                 solver_metrics, write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
@@ -256,16 +256,20 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             start = time.perf_counter()
             traced = step == 1 or step % cfg.trace_every == 0 or step == cfg.max_steps
             total_loss, tokens, info = 0.0, 0, None
-            for micro in range(cfg.grad_accum):
-                inputs, targets = task.batch(state, micro)
-                sync = ddp and micro < cfg.grad_accum - 1
-                with (net.no_sync() if sync else nullcontext()), \
-                        (monitor.saved_activations(exclude=embedding) if traced else nullcontext()), autocast:
-                    loss, lm_loss, memory, info, n = task.loss(net, inputs, targets, state["memory"][micro])
-                    (loss / cfg.grad_accum).backward()
-                state["memory"][micro] = memory
-                total_loss += lm_loss.item() / cfg.grad_accum
-                tokens += n
+            # The last step's allocator peak (forward and backward; weights and Adam moments excluded):
+            # the run's training memory, measured in the run (figure size_sweep).
+            measured = step == cfg.max_steps
+            with AllocatorPeak(device) if measured else nullcontext() as peak:
+                for micro in range(cfg.grad_accum):
+                    inputs, targets = task.batch(state, micro)
+                    sync = ddp and micro < cfg.grad_accum - 1
+                    with (net.no_sync() if sync else nullcontext()), \
+                            (monitor.saved_activations(exclude=embedding) if traced else nullcontext()), autocast:
+                        loss, lm_loss, memory, info, n = task.loss(net, inputs, targets, state["memory"][micro])
+                        (loss / cfg.grad_accum).backward()
+                    state["memory"][micro] = memory
+                    total_loss += lm_loss.item() / cfg.grad_accum
+                    tokens += n
             if not math.isfinite(total_loss):
                 raise RuntimeError(f"non-finite loss {total_loss} at step {step}; last solver residuals: "
                                    f"{solver_metrics(info)}")
@@ -284,7 +288,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                 memory_record = {**monitor.record(), "embedding_state_bytes": embedding_state_bytes}
                 line = {"step": step, "loss": total_loss, "ppl": math.exp(min(total_loss, 50.0)), "lr": lr,
                         "tokens_per_s": tokens * world / elapsed, "step_time_s": elapsed,
-                        **solver_metrics(info), **memory_record, **evaluation}
+                        **solver_metrics(info), **memory_record, **evaluation,
+                        "train_step_peak_bytes": peak.bytes if measured else None}
                 metrics.write(line)
                 bar.set_postfix(loss=f"{total_loss:.3f}", ppl=f"{line['ppl']:.1f}", it=line["fwd_iters"],
                                 tok_s=f"{line['tokens_per_s']:.0f}")
@@ -305,7 +310,12 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             peaks = peak_memory_over_run(out / "metrics.jsonl", monitor.record())
             result = {**task.evaluate(model, "valid"), **task.evaluate(model, "test"), **peaks,
                       "embedding_state_bytes": embedding_state_bytes, "params": n_params,
+                      "train_step_peak_bytes": _last_logged(out / "metrics.jsonl", "train_step_peak_bytes"),
                       "params_nonembedding": n_params - n_embedding, "steps": state["step"]}
+            diverged = {k: v for k, v in result.items() if k.endswith(("_ppl", "_loss")) and not math.isfinite(v)}
+            if diverged:  # a diverged evaluation is a failure, not a result: no result.json
+                raise RuntimeError(f"the evaluation after step {state['step']} diverged ({diverged}); the last "
+                                   f"checkpoint is {checkpoint_path}")
             atomic_write_text(out / "result.json", json.dumps(result, indent=2))
             write_metadata(out / "metadata.json", finish_metadata(meta))
     if ddp:
@@ -322,6 +332,12 @@ def peak_memory_over_run(metrics_path: Path, record: dict) -> dict:
         values = [v for v in [record.get(field), *(line.get(field) for line in logged)] if v is not None]
         peaks[field] = max(values) if values else None
     return peaks
+
+
+def _last_logged(metrics_path: Path, field: str):
+    """The newest logged value of ``field`` (None where no line has one)."""
+    values = [line[field] for line in read_jsonl(metrics_path) if line.get(field) is not None]
+    return values[-1] if values else None
 
 
 def keep_copy(source: Path, target: Path) -> None:

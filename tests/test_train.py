@@ -1,6 +1,7 @@
 """The training entry point: resume after SIGKILL, DDP, config validation and what a run writes."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -127,6 +128,11 @@ def test_unknown_and_bad_settings_fail_naming_them():
         config_from_dict({"model": "ptb-deq-trellisnet", "dataset": "wikitext-3"})
     with pytest.raises(ValueError, match=r"max_steps must be a number >= 1, got max_steps=0"):
         config_from_dict({"model": "copy-tcn", "max_steps": 0})
+    with pytest.raises(ValueError, match=r"width is set only for a language model at preset 'cpu'.*width=64, "
+                                         r"preset='paper'"):
+        config_from_dict({"model": "ptb-deq-trellisnet", "preset": "paper", "width": 64})
+    with pytest.raises(ValueError, match=r"mem_len must be a number >= 0, got mem_len=-1"):
+        config_from_dict({"model": "ptb-deq-trellisnet", "mem_len": -1})
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
@@ -155,9 +161,14 @@ def test_kept_checkpoints_and_a_changed_config_is_refused(tmp_path):
     cfg = config_from_dict({**COPY, "max_steps": 3, "keep_steps": [2], "data_root": str(tmp_path / "data")})
     result = train_module.train(cfg, out)
     assert (out / "checkpoint-step2.pt").exists() and result["steps"] == 3 and result["params"] > 0
+    # the last step's allocator peak is the run's training memory (figure size_sweep), logged at that step only
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["train_step_peak_bytes"] is not None for m in metrics] == [False, False, True]
+    assert result["train_step_peak_bytes"] == metrics[-1]["train_step_peak_bytes"] > 0
     # a rerun resumes at the end and trains nothing; its result keeps the peaks the run measured
     again = train_module.train(cfg, out)
     assert again["saved_activation_bytes"] == result["saved_activation_bytes"] > 0
+    assert again["train_step_peak_bytes"] == result["train_step_peak_bytes"]
     early = torch.load(out / "checkpoint-step2.pt", weights_only=True)
     assert early["state"]["step"] == 2
     changed = config_from_dict({**COPY, "max_steps": 3, "lr": 0.02, "keep_steps": [2],
@@ -177,3 +188,16 @@ def test_test_tokens_are_capped_and_reported(tmp_path):
     result = train_module.train(cfg, tmp_path / "run")
     assert result["test_tokens"] == 300 and result["valid_tokens"] == 500
     assert result["params_nonembedding"] < result["params"]
+
+
+def test_a_diverged_final_evaluation_fails_the_run_and_writes_no_result(tmp_path, monkeypatch):
+    # An infinite test metric is not a result: the run stops naming the step and its last checkpoint,
+    # and no result.json exists for a table to read (a rerun resumes and evaluates again).
+    import deq.train as train_module
+
+    monkeypatch.setattr(train_module.CopyMemoryTask, "evaluate", lambda self, model, split: {f"{split}_loss": math.inf})
+    cfg = config_from_dict({**COPY, "max_steps": 2, "data_root": str(tmp_path / "data")})
+    with pytest.raises(RuntimeError, match=r"evaluation after step 2 diverged \(\{'valid_loss': inf, 'test_loss': inf\}\)"
+                                           r"; the last checkpoint is .*checkpoint.pt"):
+        train_module.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "checkpoint.pt").exists()
