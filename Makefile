@@ -12,7 +12,7 @@ MIRROR ?= $(abspath $(wildcard ../shared/data))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run test bench gpu-bench paper-memory clean
+.PHONY: run test bench gpu-bench paper-memory paper-runtime clean
 
 # --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
 run: $(VENV)/.installed
@@ -49,3 +49,8 @@ clean:
 # commit results/reference/cpu/memory_paper.csv and README.md afterwards.
 paper-memory: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench.paper_memory --out results/reference/cpu/memory_paper.csv --readme
+
+# Table 4's transformer pair at the paper's exact widths on this machine's CPU (minutes at batch 2);
+# commit results/reference/cpu/runtime_paper.csv (and .md) afterwards: Table 4 reads it where present.
+paper-runtime: $(VENV)/.installed
+	$(VENV)/bin/python -m deq.bench.runtime --paper-widths --out results/reference/cpu/runtime_paper.csv

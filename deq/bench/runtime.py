@@ -85,7 +85,7 @@ class RuntimeConfig:
     batch: int  # segments per step (the paper's protocol: 15)
     rounds: int  # timed rounds after the warm-up round
     breakdown_repeats: int  # repeats of each separately timed part of the breakdown (median taken)
-    dataset: str  # vocabulary: 'wikitext-103' (paper) or 'wikitext-2' (small presets, as for training)
+    dataset: str  # vocabulary: 'wikitext-103' (paper) or 'ptb' (small presets, as for training)
     paper_depth: bool  # explicit rows keep the paper's 18 / 70 layers (cpu), not the preset's shrunk depth
     device: str  # 'cpu', or 'cuda' when one is available (paper preset)
 
@@ -97,10 +97,10 @@ def preset_config(preset: str, device: str | None = None) -> RuntimeConfig:
     if device is None:
         device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
     if preset == "smoke":
-        return RuntimeConfig(preset, tgt_len=8, batch=2, rounds=3, breakdown_repeats=2, dataset="wikitext-2",
+        return RuntimeConfig(preset, tgt_len=8, batch=2, rounds=3, breakdown_repeats=2, dataset="ptb",
                              paper_depth=False, device=device)
     if preset == "cpu":
-        return RuntimeConfig(preset, tgt_len=64, batch=4, rounds=10, breakdown_repeats=3, dataset="wikitext-2",
+        return RuntimeConfig(preset, tgt_len=64, batch=4, rounds=6, breakdown_repeats=3, dataset="ptb",
                              paper_depth=True, device=device)
     return RuntimeConfig(preset, tgt_len=150, batch=15, rounds=6, breakdown_repeats=3, dataset="wikitext-103",
                          paper_depth=True, device=device)
@@ -276,21 +276,30 @@ class Job:
 
 
 def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) -> list[dict]:
-    """Time every (entry, phase) of one pair interleaved; one row per job."""
+    """Time every (entry, phase) of one pair at random init, interleaved; one row per job."""
     pair = PAIRS[key]
     deq_row, explicit_row = pair_rows(pair, cfg)
     torch.manual_seed(0)
     with torch.device(cfg.device):
         models = {"explicit": build_model(explicit_row), "deq": build_model(deq_row)}
-    # Learning rate 0: Adam does all its work, but the weights stay at their initial values, so every
-    # round times the same model (fitting random tokens would change the solver's iteration counts,
-    # and so the step time, from round to round).
-    optimizers = {name: torch.optim.Adam(m.parameters(), lr=0.0) for name, m in models.items()}
-    settings = {"explicit": None, "deq": deq_row.solver,
-                "deq_matched": matched_settings(deq_row.solver, explicit_row.n_layer)}
     generator = torch.Generator().manual_seed(0)
     batches = [tuple(t.to(cfg.device) for t in zipf_batch(deq_row.n_token, cfg.batch, cfg.tgt_len, generator))
                for _ in range(2)]
+    return time_pair(key, pair, cfg, models, deq_row, explicit_row, deq_row.solver, batches, deadline)
+
+
+def time_pair(key: str, pair: Pair, cfg: RuntimeConfig, models: dict[str, LanguageModel], deq_row: LMConfig,
+              explicit_row: LMConfig, deq_settings: SolverSettings, batches: list[Batch],
+              deadline: float | None = None) -> list[dict]:
+    """Time every (entry, phase) of ``models`` ('deq', 'explicit') interleaved on ``batches``; one row per job.
+
+    The DEQ runs with ``deq_settings`` ('deq') and capped at the explicit depth ('deq_matched')."""
+    # Learning rate 0: Adam does all its work, but the weights stay at their initial values, so every
+    # round times the same model (fitting the tokens would change the solver's iteration counts,
+    # and so the step time, from round to round).
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=0.0) for name, m in models.items()}
+    settings = {"explicit": None, "deq": deq_settings,
+                "deq_matched": matched_settings(deq_settings, explicit_row.n_layer)}
     jobs = [Job(entry, phase, {}, []) for phase in PHASES for entry in ENTRIES]
 
     def run(job: Job, batch: Batch) -> tuple[dict[str, float], LMOutput]:
@@ -327,7 +336,7 @@ def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) ->
                                                                job.phase, cfg.breakdown_repeats, cfg.device)
     rows = [job_row(key, pair, cfg, job, deq_row, explicit_row, settings[job.entry],
                     breakdown[job.entry, job.phase]) for job in jobs]
-    add_ratios(rows, {(job.entry, job.phase): job.walls["step"] for job in jobs})
+    add_ratios(rows, {(job.entry, job.phase): job.walls["step"] for job in jobs}, pair)
     return rows
 
 
@@ -381,7 +390,7 @@ def solver_fields(job: Job, settings: SolverSettings | None, explicit_row: LMCon
     return fields
 
 
-def add_ratios(rows: list[dict], walls: dict) -> None:
+def add_ratios(rows: list[dict], walls: dict, pair: Pair) -> None:
     """DEQ / explicit per phase: median [IQR] of the within-round ratios, and the ratio of the medians."""
     for row in rows:
         if row["entry"] == "explicit":
@@ -391,7 +400,7 @@ def add_ratios(rows: list[dict], walls: dict) -> None:
         q1, median, q3 = quartiles(per_round)
         row.update(ratio=median, ratio_q1=q1, ratio_q3=q3, ratio_of_medians=statistics.median(mine) /
                    statistics.median(base), round_ratios=" ".join(f"{v:.4f}" for v in per_round))
-        paper = PAIRS[row["pair"]].paper_train if row["phase"] == "train" else PAIRS[row["pair"]].paper_infer
+        paper = pair.paper_train if row["phase"] == "train" else pair.paper_infer
         row.update(paper_ratio=paper, goal=GOALS[row["phase"]])
         if row["entry"] == "deq":
             row["goal_met"] = median <= GOALS[row["phase"]]
@@ -514,7 +523,7 @@ def render_markdown(cfg: RuntimeConfig, rows: list[dict], notes: Iterable[str] =
 def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = None,
                           md_path: str | Path | None = None, *, pairs: Iterable[str] | None = None,
                           rounds: int | None = None, device: str | None = None,
-                          deadline: float | None = None) -> list[dict]:
+                          deadline: float | None = None, batch: int | None = None) -> list[dict]:
     """Measure both pairs (or ``pairs``), print the Markdown, write CSV / Markdown when paths are given.
 
     ``deadline`` (a ``time.monotonic()`` value) is shared out equally among the pairs still to run; a
@@ -528,6 +537,8 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
     cfg = preset_config(preset, device)
     if rounds is not None:
         cfg = replace(cfg, rounds=rounds)
+    if batch is not None:
+        cfg = replace(cfg, batch=batch)
     keys = list(PAIRS) if pairs is None else list(pairs)
     for key in keys:
         if key not in PAIRS:
@@ -558,3 +569,106 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
             atomic_write_text(md_path, markdown)
     print(markdown, flush=True)
     return rows
+
+
+# ---- the trained pair (the study's Table 4 at matched perplexity) ------------------------------------
+
+TRAINED_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # forward tolerances tried, tightest first
+PPL_SLACK = 0.01  # the chosen tolerance keeps the validation perplexity within 1% of the best one
+
+
+def choose_tolerance(points: list[dict], slack: float = PPL_SLACK) -> dict:
+    """The loosest tolerance whose perplexity is within ``slack`` of the best of ``points`` (dicts with
+    'tol' and 'valid_ppl', as :func:`deq.evaluate.solver_sweep` gives).
+
+    >>> choose_tolerance([{"tol": 1e-6, "valid_ppl": 100.0}, {"tol": 1e-2, "valid_ppl": 100.5},
+    ...                   {"tol": 1e-1, "valid_ppl": 103.0}])["tol"]
+    0.01
+    """
+    best = min(point["valid_ppl"] for point in points)
+    return max((point for point in points if point["valid_ppl"] <= best * (1 + slack)), key=lambda p: p["tol"])
+
+
+def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path: str | Path, *, pair_key: str,
+                        max_tokens: int | None, rounds: int, tols: Iterable[float] = TRAINED_TOLS,
+                        device: str = "cpu") -> list[dict]:
+    """Table 4 on a trained pair: DEQ / explicit step times at the DEQ's loosest forward tolerance that keeps
+    its validation perplexity within 1% of its best (on the first ``max_tokens`` validation tokens), on
+    the runs' own checkpoints, corpus, batch and segment length. Rows as :func:`measure_pair`'s, plus the
+    tolerance sweep that chose the setting (``deq_tol``, ``deq_valid_ppl``, ``best_valid_ppl``,
+    ``tol_sweep``) and the training steps behind the weights (``trained_steps``)."""
+    import numpy as np
+    import pandas as pd
+
+    from deq.data import prepare
+    from deq.evaluate import load_run, solver_sweep
+
+    deq_model, deq_cfg, deq_row, deq_step = load_run(deq_dir)
+    explicit_model, explicit_cfg, explicit_row, explicit_step = load_run(explicit_dir)
+    corpus = prepare(deq_cfg.dataset or deq_row.dataset, deq_cfg.data_root, deq_cfg.data_mirror)
+    deq_model.to(device), explicit_model.to(device)
+    sweep = solver_sweep(deq_model, corpus.valid, deq_cfg.eval_batch_size, deq_cfg.eval_tgt_len, tols, (),
+                         max_tokens=max_tokens, device=device)
+    chosen = choose_tolerance(sweep)
+    settings = replace(deq_row.solver, tol=chosen["tol"], eval_tol=chosen["tol"])
+    cfg = RuntimeConfig(deq_cfg.preset, tgt_len=deq_cfg.tgt_len, batch=deq_cfg.batch_size, rounds=rounds,
+                        breakdown_repeats=3, dataset=deq_cfg.dataset or deq_row.dataset, paper_depth=False,
+                        device=device)
+    stream = torch.from_numpy(np.asarray(corpus.valid[: 2 * cfg.batch * cfg.tgt_len + 1], dtype=np.int64))
+    batches = []
+    for i in range(2):  # two validation batches, (batch, tgt_len) each, the shape the runs trained on
+        chunk = stream[i * cfg.batch * cfg.tgt_len: (i + 1) * cfg.batch * cfg.tgt_len + 1]
+        batches.append((chunk[:-1].view(cfg.batch, cfg.tgt_len).to(device), chunk[1:].view(cfg.batch, cfg.tgt_len).to(device)))
+    pair = replace(PAIRS[pair_key], deq=deq_row.name, explicit=explicit_row.name, clip=deq_cfg.clip)
+    models = {"deq": deq_model, "explicit": explicit_model}
+    rows = time_pair(f"{pair_key} (trained)", pair, cfg, models, deq_row, explicit_row, settings, batches)
+    tol_sweep = " ".join(f"{p['tol']:g}:{p['valid_ppl']:.2f}" for p in sweep)
+    for row in rows:
+        row.update(deq_tol=chosen["tol"], deq_valid_ppl=chosen["valid_ppl"],
+                   best_valid_ppl=min(p["valid_ppl"] for p in sweep), tol_sweep=tol_sweep,
+                   trained_steps=deq_step if row["entry"] != "explicit" else explicit_step)
+    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+    return rows
+
+
+# ---- Table 4 at the paper's widths on a CPU (committed; `make paper-runtime`) -------------------------
+
+PAPER_WIDTH_CPU_NOTE = (
+    "On a CPU time follows arithmetic: the DEQ's one layer carries the whole stack's feed-forward (d_inner "
+    "48,000 against 18 layers of 890), so one f call costs about as much as the whole explicit stack, and a "
+    "training step makes about 30 forward calls and 40 backward vector-Jacobian products. GPUs hide much of "
+    "that behind parallelism the explicit stack cannot use; this ratio is not the paper's GPU ratio.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m deq.bench.runtime --paper-widths --out CSV``: Table 4's transformer pair at the paper's exact
+    widths on this machine's CPU (random init, its solves to the cap), at a small batch (time grows linearly
+    with the batch on a CPU, so the ratio is the batch-15 one), a few interleaved rounds."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deq.bench.runtime", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--paper-widths", action="store_true", required=True, help="the paper's exact widths")
+    parser.add_argument("--out", type=Path, required=True, help="CSV to write (a Markdown beside it)")
+    parser.add_argument("--batch", type=int, default=2, help="segments of 150 tokens per step (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up (default 2)")
+    args = parser.parse_args(argv)
+    run_runtime_benchmark("paper", args.out, args.out.with_suffix(".md"), pairs=["transformer"], rounds=args.rounds,
+                          device="cpu", batch=args.batch)
+    stamp(args.out, f"python -m deq.bench.runtime --paper-widths --batch {args.batch} --rounds {args.rounds}")
+
+
+def stamp(csv_path: Path, command: str) -> None:
+    """Add when, at which revision, with which torch and by which command a committed CSV was measured."""
+    import datetime
+
+    import pandas as pd
+
+    from deq.bench.paper_memory import _revision
+
+    frame = pd.read_csv(csv_path).assign(measured_on=datetime.date.today().isoformat(), revision=_revision(),
+                                         torch=torch.__version__, command=command)
+    atomic_write_text(csv_path, frame.to_csv(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -60,7 +60,7 @@ def preset_config(preset: str) -> BenchConfig:
                            **{**common, "max_iter": 12, "backward_max_iter": 12, "fixed_nfe": 8})
     device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
     return BenchConfig(d_model=256, n_head=4, d_inner=1024, seq_len=128, batch=8,
-                       rounds=8 if preset == "cpu" else 10, device=device, **common)
+                       rounds=5 if preset == "cpu" else 10, device=device, **common)
 
 
 # ---- the two libraries behind one interface ----------------------------------------------------
