@@ -30,6 +30,7 @@ include: "workflow/rules/figures.smk"
 rule all:
     input:
         expand("results/table{n}.csv", n=(1, 2, 3, 4)),
+        "results/size_sweep.csv",
         "results/tables.md",
         [bench_output(name) for name in BENCHMARKS],
         [figure_files(stem) for stem in FIGURES],

@@ -75,6 +75,15 @@ def memory_depth(tmp_path):
     return _csv(tmp_path / "depth.csv", rows)
 
 
+def size_sweep(tmp_path):
+    rows = [{"family": "transformer", "size": f"width {w}", "driver": driver, "model": "m", "run": f"{driver}-{w}",
+             "dataset": "ptb", "nonembedding_params": 1000 * w, "test_ppl": ppl, "train_step_peak_mb": mb,
+             "ppl_ratio": None, "memory_reduction": 0.6 if driver == "deq" else None, "device": "cpu", "preset": "cpu"}
+            for w, driver, ppl, mb in ((64, "deq", 300.0, 40.0), (64, "weight_tied", 305.0, 100.0),
+                                      (128, "deq", 240.0, 70.0), (128, "weight_tied", 245.0, 180.0))]
+    return _csv(tmp_path / "size_sweep.csv", rows)
+
+
 def training_curves(tmp_path):
     runs = {}
     for label in ("Table 2: ptb-deq-trellisnet", "Table 2: ptb-trellisnet-60-aux", "Table 3: small"):
@@ -88,7 +97,8 @@ def training_curves(tmp_path):
 
 # figure stem -> builder of its synthetic input in the documented format
 INPUTS = {"fig2_convergence": convergence, "fig2_solver_iterations": solver_iterations, "fig3_sweep": sweep,
-          "memory_bars": memory_bars, "memory_vs_depth": memory_depth, "training_curves": training_curves}
+          "memory_bars": memory_bars, "memory_vs_depth": memory_depth, "size_sweep": size_sweep,
+          "training_curves": training_curves}
 
 
 def _empty(stem, tmp_path):
@@ -201,3 +211,20 @@ def test_memory_bars_draw_the_paper_width_csv_and_every_text_fits(tmp_path, monk
         assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, text.get_text()[:60]
         assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, text.get_text()[:60]
     assert "abc1234" in fig._supxlabel.get_text() and "2 of 2 rows extrapolated" in fig._supxlabel.get_text()
+
+
+def test_size_sweep_draws_every_run_at_its_parameter_count(tmp_path, monkeypatch):
+    # What is drawn, not only that a file exists: each driver's line goes through its runs' (parameters,
+    # perplexity) and (parameters, memory) points, the DEQ's saving is labelled, the paper's claim is stated.
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, png, pdf: drawn.append(fig))
+    figures.plot_size_sweep(size_sweep(tmp_path), tmp_path / "a.png", tmp_path / "a.pdf")
+    ppl_ax, memory_ax = drawn[0].axes
+    lines = {(ax is ppl_ax, line.get_label()): (list(line.get_xdata()), list(line.get_ydata()))
+             for ax in (ppl_ax, memory_ax) for line in ax.get_lines()}
+    assert lines[True, "transformer cell: DEQ"] == ([64_000, 128_000], [300.0, 240.0])
+    assert lines[True, "transformer cell: explicit (weight_tied)"] == ([64_000, 128_000], [305.0, 245.0])
+    assert lines[False, "transformer cell: DEQ"] == ([64_000, 128_000], [40.0, 70.0])
+    assert lines[False, "transformer cell: explicit (weight_tied)"] == ([64_000, 128_000], [100.0, 180.0])
+    assert [t.get_text() for t in memory_ax.texts].count("-60%") == 2
+    assert "paper" in drawn[0]._suptitle.get_text() and ppl_ax.get_xscale() == "log"

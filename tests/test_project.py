@@ -92,13 +92,14 @@ def snakemake(directory: Path, *args: str, preset: str = "smoke", timeout: float
 @pytest.fixture(scope="module")
 def smoke_study(tmp_path_factory):
     """The README's main command at the smoke scale, then the report, in a fresh folder."""
-    if not (MIRROR / "ptb").is_dir() or not (MIRROR / "wikitext-2").is_dir():
-        pytest.skip(f"local corpus mirror {MIRROR} (PTB, WikiText-2) not present")
+    if not (MIRROR / "ptb").is_dir():
+        pytest.skip(f"local corpus mirror {MIRROR} (PTB) not present")
     folder = tmp_path_factory.mktemp("study")
     # The committed paper-width memory measurement, where a clone has it: Tables 2-3 and memory_bars read it.
     reference = folder / "results" / "reference" / "cpu"
     reference.mkdir(parents=True)
     shutil.copy(REPO / "results" / "reference" / "cpu" / "memory_paper.csv", reference)
+    shutil.copy(REPO / "results" / "reference" / "cpu" / "runtime_paper.csv", reference)  # Table 4 reads it too
     result = snakemake(folder, "--cores", "2", "all", timeout=1800)
     logs = sorted((folder / "results" / "logs").rglob("*.log")) if result.returncode else []
     assert result.returncode == 0, result.stderr[-4000:] + "".join(log.read_text()[-1500:] for log in logs)
@@ -135,10 +136,23 @@ def test_smoke_study_writes_every_table_with_the_documented_columns(smoke_study)
         assert explicit["paper_width_memory_reduction"].notna().all()
     runtime = pd.read_csv(results / "table4.csv")
     assert tuple(runtime.columns) == RUNTIME_COLUMNS
-    assert sorted(runtime["phase"]) == ["infer", "infer", "train", "train"]
+    # two random-init pairs, the trained one, and the committed paper-width CPU measurement
+    assert sorted(runtime["phase"]) == ["infer"] * 4 + ["train"] * 4
+    paper_widths = runtime[runtime["weights"].str.startswith("random init, paper widths, batch 2 on a CPU")]
+    assert list(paper_widths["deq_model"]) == ["wt103-deq-transformer-medium-adaptive"] * 2
+    assert (paper_widths["ratio"] > 1).all()
     assert (runtime["ratio"] > 0).all() and runtime["paper_ratio"].notna().all()
+    trained = runtime[runtime["weights"].str.startswith("trained")]
+    assert list(trained["deq_model"]) == ["wt103-deq-transformer-small"] * 2
+    assert trained["weights"].str.match(r"trained \(3 steps\), DEQ tol [0-9.e-]+: valid ppl").all()
+    sweep = pd.read_csv(results / "size_sweep.csv")
+    assert len(sweep) == 8 and (sweep.groupby(["family", "size"]).driver.apply(lambda d: "deq" in set(d))).all()
+    assert sweep["test_ppl"].gt(0).all() and sweep["train_step_peak_mb"].gt(0).all()
+    deq = sweep[sweep["driver"] == "deq"]
+    assert deq["ppl_ratio"].notna().all() and deq["memory_reduction"].notna().all()
     markdown = (results / "tables.md").read_text()
-    assert all(f"Table {n}" in markdown for n in (1, 2, 3, 4))
+    assert all(f"Table {n}" in markdown for n in (1, 2, 3, 4)) and "Paper widths on a CPU: On a CPU time" in markdown
+    assert "## Size sweep" in markdown
 
 
 def test_smoke_study_writes_every_figure_and_the_report(smoke_study):
@@ -172,14 +186,20 @@ def test_larger_presets_plan_the_whole_study_offline(tmp_path, preset):
 
 def test_one_table_needs_only_its_own_runs(tmp_path):
     # `snakemake results/table1.csv` is the README's way to build one table: it must not train the
-    # language models or run the benchmarks that Tables 2-4 need.
+    # language models or run the benchmarks that Tables 2-4 need. At cpu Table 1 trains nothing (its rows
+    # are marked not trained) and Table 3 needs the width-128 pair and the memory benchmark only.
     from deq.study import study
 
-    result = snakemake(tmp_path, "--cores", "2", "results/table1.csv", "--dry-run", preset="cpu", timeout=300)
+    result = snakemake(tmp_path, "--cores", "2", "results/table1.csv", "--dry-run", preset="smoke", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    copy_runs = [name for name, run in study("cpu").items() if run.table == 1]
+    copy_runs = [name for name, run in study("smoke").items() if run.table == 1]
     assert counts == {"train": str(len(copy_runs)), "table": "1", "total": str(len(copy_runs) + 1)}, counts
+    result = snakemake(tmp_path, "--cores", "2", "results/table1.csv", "results/table3.csv", "--dry-run",
+                       preset="cpu", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert counts == {"benchmark": "1", "prepare_data": "1", "table": "2", "train": "2", "total": "6"}, counts
 
 
 def test_slurm_profile_plans_the_paper_study(tmp_path):

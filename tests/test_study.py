@@ -1,42 +1,63 @@
-"""The study plan (deq/study.py): one run per row of Tables 1-3 at every preset, each a valid config."""
+"""The study plan (deq/study.py): what each preset trains, each run a valid config, the rest said why."""
 
 from __future__ import annotations
 
 import pytest
 
+from deq.engine.config import lm_row
 from deq.models.configs import COPY_CONFIGS, CONFIGS
-from deq.study import FIGURE2_RUNS, FIGURE3_RUN, STAND_IN, dataset_of, study
+from deq.models.params import count_config
+from deq.study import (FIGURE2_RUNS, FIGURE3_RUNS, PAIR, SIZE_SWEEP_WIDTHS, STAND_IN, dataset_of, not_trained,
+                       size_sweep, study)
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
-def test_every_row_of_tables_1_to_3_has_one_run(preset):
+@pytest.mark.parametrize("preset", ["smoke", "paper"])
+def test_smoke_and_paper_train_every_row_of_tables_1_to_3(preset):
     runs = study(preset)
-    assert list(runs) == [*COPY_CONFIGS, *CONFIGS]
+    assert list(runs) == [*COPY_CONFIGS, *CONFIGS] and not_trained(preset) == {}
     for name, run in runs.items():
-        assert run.config.model == name and run.config.preset == preset
+        assert run.config.model == run.row == name and run.config.preset == preset
         assert run.table == (1 if name in COPY_CONFIGS else CONFIGS[name].paper_table)
-
-
-def test_cpu_preset_keeps_the_paper_task_definition_of_table_1_and_stands_in_for_wikitext_103():
-    runs = study("cpu")
-    for name in COPY_CONFIGS:
-        assert runs[name].config.copy_T == 400 and runs[name].config.copy_n_train == 20_000
-    for name, row in CONFIGS.items():
-        assert dataset_of(runs[name]) == STAND_IN.get(row.dataset, row.dataset)
     assert all(dataset_of(run) == CONFIGS[name].dataset for name, run in study("paper").items() if name in CONFIGS)
+
+
+def test_cpu_trains_the_pair_at_every_width_and_says_why_it_trains_nothing_else():
+    runs = study("cpu")
+    assert [run.row for run in runs.values()] == [*PAIR] * len(SIZE_SWEEP_WIDTHS)
+    assert set(runs) == {name if width == 128 else f"{name}-w{width}" for width in SIZE_SWEEP_WIDTHS for name in PAIR}
+    for run in runs.values():
+        assert dataset_of(run) == STAND_IN["wikitext-103"] == "ptb"
+    reasons = not_trained("cpu")
+    assert set(reasons) == (set(COPY_CONFIGS) | set(CONFIGS)) - set(PAIR)
+    assert all(why.startswith("not trained at preset cpu") for why in reasons.values())
+    assert "31,250 steps" in reasons["copy-lstm"] and "300,000 steps of 49 x 100" in reasons["wt103-deq-trellisnet"]
+
+
+@pytest.mark.parametrize("width", SIZE_SWEEP_WIDTHS)
+def test_each_cpu_pair_is_one_cell_with_equal_parameters_at_its_width(width):
+    # Same cell, same parameters: the DEQ and its weight-tied stack differ only in the driver.
+    deq, tied = (next(r for r in study("cpu").values() if r.row == name and (r.config.width or 128) == width)
+                 for name in PAIR)
+    deq_row, tied_row = lm_row(deq.config), lm_row(tied.config)
+    assert deq_row.cell == tied_row.cell and deq_row.d_model == width
+    assert count_config(deq_row) == count_config(tied_row)
+    assert (deq_row.driver, tied_row.driver, tied_row.n_layer) == ("deq", "weight_tied", 16)
+    assert deq_row.mem_len == tied_row.mem_len == 0 and deq.config.max_steps == tied.config.max_steps
 
 
 def test_deq_runs_pretrain_for_part_of_their_budget_and_explicit_runs_not_at_all():
     for preset in ("smoke", "cpu"):
         for name, run in study(preset).items():
-            if name in CONFIGS and CONFIGS[name].driver == "deq":
+            if CONFIGS.get(run.row) is not None and CONFIGS[run.row].driver == "deq":
                 assert 0 < run.config.pretrain_steps < run.config.max_steps, (preset, name)
+            elif run.row in CONFIGS:
+                assert run.config.pretrain_steps is None, (preset, name)
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
 def test_figure_runs_exist_and_keep_an_early_checkpoint_after_pretraining(preset):
     runs = study(preset)
-    assert FIGURE3_RUN in runs and CONFIGS[FIGURE3_RUN].driver == "deq"
+    assert FIGURE3_RUNS[preset] in runs and CONFIGS[runs[FIGURE3_RUNS[preset]].row].driver == "deq"
     deq_run = runs[FIGURE2_RUNS[0]]
     pretrain = deq_run.config.pretrain_steps or CONFIGS[FIGURE2_RUNS[0]].pretrain_steps
     for name in FIGURE2_RUNS:
@@ -44,15 +65,26 @@ def test_figure_runs_exist_and_keep_an_early_checkpoint_after_pretraining(preset
         assert run.early_step in run.config.keep_steps and pretrain < run.early_step < run.config.max_steps
 
 
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_size_sweep_pairs_a_deq_with_its_explicit_counterpart_at_two_sizes_per_family(preset):
+    runs, points = study(preset), size_sweep(preset)
+    families = {family for family, *_ in points}
+    assert all(sum(family == f for f, *_ in points) == 2 for family in families)
+    for _, _, deq_run, explicit_run in points:
+        deq, explicit = CONFIGS[runs[deq_run].row], CONFIGS[runs[explicit_run].row]
+        assert deq.driver == "deq" != explicit.driver and deq.family == explicit.family
+
+
 def test_unknown_preset_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"'huge'.*\['smoke', 'cpu', 'paper'\]"):
-        study("huge")
+    for function in (study, size_sweep):
+        with pytest.raises(ValueError, match=r"'huge'.*\['smoke', 'cpu', 'paper'\]"):
+            function("huge")
 
 
 def test_official_code_reaches_every_lm_run_and_its_model():
     # config key official_code: v2 must give the DEQ-Transformers v2's solver in the runs that train them
     # (and say so in the run's config); nothing else changes; a bad value fails before any work.
-    from deq.engine.config import TrainConfig, lm_row
+    from deq.engine.config import TrainConfig
 
     v1, v2 = study("smoke"), study("smoke", official_code="v2")
     for name, row in CONFIGS.items():

@@ -6,12 +6,15 @@ from snakemake.exceptions import WorkflowError
 
 from deq.engine.gpus import visible_gpus
 from deq.models.configs import CONFIGS
-from deq.study import FIGURE2_RUNS, FIGURE3_RUN, dataset_of, study
+from deq.study import FIGURE2_RUNS, FIGURE3_RUNS, dataset_of, not_trained, size_sweep, study
 
 PRESET = config["preset"]
 STUDY = study(PRESET, config["data_root"], config["data_mirror"], config["official_code"])
+NOT_TRAINED = not_trained(PRESET)  # rows of Tables 1-3 this preset does not train, and why
+SIZE_SWEEP = size_sweep(PRESET)  # (family, size, DEQ run, explicit run)
+FIGURE3_RUN = FIGURE3_RUNS[PRESET]
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")
-DEQ_LM_ROWS = [name for name in STUDY if name in CONFIGS and CONFIGS[name].driver == "deq"]  # Figure 2, left
+DEQ_LM_RUNS = [name for name, run in STUDY.items() if run.row in CONFIGS and CONFIGS[run.row].driver == "deq"]
 # A job asks for GPUs only where there are some, so that a CPU machine runs jobs side by side.
 GPUS_PER_RUN = config["gpus_per_run"] if visible_gpus() else 0
 
@@ -34,7 +37,17 @@ def run_result(name):
 
 
 def runs_of_table(number):
-    return [name for name, run in STUDY.items() if run.table == number]
+    """The trained runs that are rows of Table ``number`` (a size-sweep width's runs are not)."""
+    return [name for name, run in STUDY.items() if run.table == number and name == run.row]
+
+
+def not_trained_in_table(number):
+    return {name: why for name, why in NOT_TRAINED.items()
+            if (1 if name not in CONFIGS else CONFIGS[name].paper_table) == number}
+
+
+def size_sweep_runs():
+    return sorted({run for _, _, deq_run, explicit_run in SIZE_SWEEP for run in (deq_run, explicit_run)})
 
 
 def all_run_results():
@@ -64,8 +77,16 @@ def paper_memory_input(wildcards=None):
     return [ancient(PAPER_MEMORY_CSV)] if os.path.exists(PAPER_MEMORY_CSV) else []
 
 
+# Table 4's transformer pair at the paper's widths on a CPU (`make paper-runtime`), committed; read where present.
+PAPER_RUNTIME_CSV = "results/reference/cpu/runtime_paper.csv"
+
+
+def paper_runtime_input():
+    return [ancient(PAPER_RUNTIME_CSV)] if os.path.exists(PAPER_RUNTIME_CSV) else []
+
+
 FIGURES = ("fig2_convergence", "fig2_solver_iterations", "fig3_sweep", "memory_bars", "memory_vs_depth",
-           "training_curves")  # one rule each in figures.smk
+           "size_sweep", "training_curves")  # one rule each in figures.smk
 
 
 def figure_files(stem):

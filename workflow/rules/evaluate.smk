@@ -44,3 +44,28 @@ rule sweep:
         "../envs/deq.yaml"
     script:
         "../scripts/sweep.py"
+
+
+# Table 4 at matched perplexity: the trained DEQ and weight-tied pair (Figure 2's runs) timed side by side,
+# the DEQ at its loosest forward tolerance within 1% of its best validation perplexity.
+rule runtime_trained:
+    input:
+        [run_result(name) for name in FIGURE2_RUNS],
+    output:
+        f"results/evaluations/{PRESET}/runtime_trained.csv",
+    log:
+        f"results/logs/runtime_trained/{PRESET}.log",
+    benchmark:
+        f"results/benchmarks/{PRESET}/rules/runtime_trained.tsv"
+    params:
+        deq=lambda wildcards, input: os.path.dirname(input[0]),
+        explicit=lambda wildcards, input: os.path.dirname(input[1]),
+        max_tokens={"smoke": 64, "cpu": 5_000, "paper": 100_000}[PRESET],
+        rounds={"smoke": 2, "cpu": 6, "paper": 6}[PRESET],
+    threads: all_cores()
+    resources:
+        gpu=GPUS_PER_RUN and 1,
+    conda:
+        "../envs/deq.yaml"
+    script:
+        "../scripts/runtime_trained.py"

@@ -21,7 +21,7 @@ rule fig2_convergence:
 
 rule fig2_solver_iterations:
     input:
-        [run_result(name) for name in DEQ_LM_ROWS],
+        [run_result(name) for name in DEQ_LM_RUNS],
     output:
         png=report("results/figures/fig2_solver_iterations.png", caption="../report/fig2_solver_iterations.rst",
                    category="Figures"),
@@ -30,7 +30,7 @@ rule fig2_solver_iterations:
         "results/logs/figures/fig2_solver_iterations.log",
     params:
         figure="plot_solver_iterations",
-        metrics={name: f"{run_dir(name)}/metrics.jsonl" for name in DEQ_LM_ROWS},
+        metrics={name: f"{run_dir(name)}/metrics.jsonl" for name in DEQ_LM_RUNS},
     conda:
         "../envs/deq.yaml"
     script:
@@ -88,6 +88,22 @@ rule memory_vs_depth:
         "../scripts/figure.py"
 
 
+rule size_sweep:
+    input:
+        "results/size_sweep.csv",
+    output:
+        png=report("results/figures/size_sweep.png", caption="../report/size_sweep.rst", category="Figures"),
+        pdf="results/figures/size_sweep.pdf",
+    log:
+        "results/logs/figures/size_sweep.log",
+    params:
+        figure="plot_size_sweep",
+    conda:
+        "../envs/deq.yaml"
+    script:
+        "../scripts/figure.py"
+
+
 rule training_curves:
     input:
         all_run_results(),
@@ -99,7 +115,8 @@ rule training_curves:
         "results/logs/figures/training_curves.log",
     params:
         figure="plot_training_curves",
-        runs={f"Table {run.table}: {name}": run_dir(name) for name, run in STUDY.items()},
+        runs={f"Table {run.table}: {name}" if name == run.row else f"size sweep: {name}": run_dir(name)
+              for name, run in STUDY.items()},
     conda:
         "../envs/deq.yaml"
     script:
