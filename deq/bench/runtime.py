@@ -597,10 +597,9 @@ def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path:
     the runs' own checkpoints, corpus, batch and segment length. Rows as :func:`measure_pair`'s, plus the
     tolerance sweep that chose the setting (``deq_tol``, ``deq_valid_ppl``, ``best_valid_ppl``,
     ``tol_sweep``) and the training steps behind the weights (``trained_steps``)."""
-    import numpy as np
     import pandas as pd
 
-    from deq.data import prepare
+    from deq.data import batchify, prepare
     from deq.evaluate import load_run, solver_sweep
 
     deq_model, deq_cfg, deq_row, deq_step = load_run(deq_dir)
@@ -614,11 +613,9 @@ def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path:
     cfg = RuntimeConfig(deq_cfg.preset, tgt_len=deq_cfg.tgt_len, batch=deq_cfg.batch_size, rounds=rounds,
                         breakdown_repeats=3, dataset=deq_cfg.dataset or deq_row.dataset, paper_depth=False,
                         device=device)
-    stream = torch.from_numpy(np.asarray(corpus.valid[: 2 * cfg.batch * cfg.tgt_len + 1], dtype=np.int64))
-    batches = []
-    for i in range(2):  # two validation batches, (batch, tgt_len) each, the shape the runs trained on
-        chunk = stream[i * cfg.batch * cfg.tgt_len: (i + 1) * cfg.batch * cfg.tgt_len + 1]
-        batches.append((chunk[:-1].view(cfg.batch, cfg.tgt_len).to(device), chunk[1:].view(cfg.batch, cfg.tgt_len).to(device)))
+    # two validation batches of the shape the runs trained on, cut as training cuts its streams
+    streams, T = batchify(corpus.valid, cfg.batch).to(device), cfg.tgt_len
+    batches = [(streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]) for i in range(2)]
     pair = replace(PAIRS[pair_key], deq=deq_row.name, explicit=explicit_row.name, clip=deq_cfg.clip)
     models = {"deq": deq_model, "explicit": explicit_model}
     rows = time_pair(f"{pair_key} (trained)", pair, cfg, models, deq_row, explicit_row, settings, batches)

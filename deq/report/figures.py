@@ -174,7 +174,7 @@ def plot_memory_depth(depth_csv: PathLike, png: PathLike, pdf: PathLike) -> None
 def plot_size_sweep(size_sweep_csv: PathLike, png: PathLike, pdf: PathLike) -> None:
     """Test perplexity and training-step peak memory against parameters, DEQ vs explicit, per family."""
     frame = _read_csv(size_sweep_csv, ("family", "size", "driver", "model", "run", "dataset", "device", "preset"),
-                      ("nonembedding_params", "test_ppl", "train_step_peak_mb", "ppl_ratio", "memory_reduction"))
+                      ("nonembedding_params", "test_ppl", "train_step_peak_mb", "memory_reduction"))
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     ppl_ax, memory_ax = fig.subplots(1, 2)
     ppl_ax.set(title="test perplexity vs size", xlabel="non-embedding parameters (log)",
@@ -192,8 +192,7 @@ def plot_size_sweep(size_sweep_csv: PathLike, png: PathLike, pdf: PathLike) -> N
                 for x, y, size in zip(points.nonembedding_params, points[column], points["size"]):
                     ax.annotate(size, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
             if deq:
-                for x, y, ratio, saving in zip(curve.nonembedding_params, curve.train_step_peak_mb, curve.ppl_ratio,
-                                               curve.memory_reduction):
+                for x, y, saving in zip(curve.nonembedding_params, curve.train_step_peak_mb, curve.memory_reduction):
                     if np.isfinite(saving) and np.isfinite(y):
                         memory_ax.annotate(f"-{saving:.0%}", (x, y), textcoords="offset points", xytext=(4, -10),
                                            fontsize=8, color=colour, fontweight="bold")

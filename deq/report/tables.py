@@ -177,11 +177,11 @@ def copy_table(runs: dict[str, Path], preset: str, not_trained: dict[str, str]) 
 
 def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: str,
              paper_memory: pd.DataFrame | None = None, not_trained: dict[str, str] | None = None) -> pd.DataFrame:
-    rows = []
+    not_trained, rows = not_trained or {}, []
     for name, row in CONFIGS.items():
         if row.paper_table != number:
             continue
-        if name in (not_trained or {}):
+        if name in not_trained:
             config, result = _untrained_lm(name, preset), {}
         else:
             config, result = _run(runs[name])
@@ -202,7 +202,7 @@ def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: s
             **_paper_width(paper_memory, name),
             "solver_code": config.get("official_code", "v1") if row.driver == "deq" else None,
             "device": result.get("device"), "nonembedding_ratio": None,
-            "paper_nonembedding_ratio": None, "note": (not_trained or {}).get(name, ""),
+            "paper_nonembedding_ratio": None, "note": not_trained.get(name, ""),
         })
     by_name = {r["model"]: r for r in rows}
     for r in rows:  # an explicit row's parameters relative to its DEQ counterpart, ours and the paper's
@@ -248,23 +248,16 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
                   "reduction (paper) | device |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables[number].to_dict("records"):
-            if _text(r.get("note")):
-                lines.append(f"| {r['model']} ({r['dataset']}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
-                             f"{_m(r['nonembedding_params'])} ({_m(r['paper_nonembedding_params'])}) | {r['metric']} | "
-                             f"{r['note']} | {_g(r['paper_value'])} | 0 | "
-                             f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | "
-                             f"{_pct(r['memory_reduction'])} | {_g(r.get('paper_width_memory_gb'))}"
-                             f"{_star(r.get('paper_width_memory_how'))} ({_g(r['paper_memory_gb'])}) | "
-                             f"{_pct(r.get('paper_width_memory_reduction'))} ({_pct(r['paper_memory_reduction'])}) | – |")
-                continue
+            note = _text(r.get("note"))  # a row the preset does not train: the reason where the metric would be
             lines.append(
-                f"| {r['model']} ({r['dataset']}{_solver(r.get('solver_code'))}) | {_m(r['params'])} ({_m(r['paper_params'])}) | "
+                f"| {r['model']} ({r['dataset']}{'' if note else _solver(r.get('solver_code'))}) | "
+                f"{_m(r['params'])} ({_m(r['paper_params'])}) | "
                 f"{_m(r['nonembedding_params'])} ({_m(r['paper_nonembedding_params'])}) | {r['metric']} | "
-                f"{_g(r['value'])} | {_g(r['paper_value'])} | {r['steps']} | "
+                f"{note or _g(r['value'])} | {_g(r['paper_value'])} | {r['steps']} | "
                 f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_pct(r['memory_reduction'])} | "
                 f"{_g(r.get('paper_width_memory_gb'))}{_star(r.get('paper_width_memory_how'))} "
                 f"({_g(r['paper_memory_gb'])}) | {_pct(r.get('paper_width_memory_reduction'))} "
-                f"({_pct(r['paper_memory_reduction'])}) | {r['device']} |")
+                f"({_pct(r['paper_memory_reduction'])}) | {'–' if note else r['device']} |")
         lines.append("")
         lines.append("At paper widths: sequence 150, batch 15, embeddings excluded, measured by "
                      "`make paper-memory` (results/reference/cpu/memory_paper.csv); * extrapolated to batch 15 "
