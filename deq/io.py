@@ -1,9 +1,13 @@
-"""Files are never half-written: write beside the target, then rename over it."""
+"""Files are never half-written (write beside the target, then rename over it), and a folder that
+several processes may work on at once is guarded by a lock file."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,6 +24,38 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock (raised only by ``exclusive_lock(..., wait=False)``)."""
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, wait: bool = True, what: str = "this folder") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    ``wait=True`` blocks until the holder lets go (processes preparing one dataset take turns);
+    ``wait=False`` raises :class:`LockedError` naming the lock file and the holder's pid instead. The
+    kernel drops the lock when its process dies, so a crash never leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            raise LockedError(f"another process (pid {holder}) is using {what}: {path} is locked; wait for it "
+                              f"to finish or stop it") from None
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _umask() -> int:

@@ -22,3 +22,33 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         atomic_write_text(target, object())  # not text: the write itself raises
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    # Two processes on one folder must not both proceed; the refusal says who holds it.
+    import multiprocessing as mp
+
+    from deq.io import LockedError, exclusive_lock
+
+    lock = tmp_path / ".lock"
+    ready, release = mp.Event(), mp.Event()
+    holder = mp.get_context("fork").Process(target=_hold, args=(lock, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(LockedError, match=rf"pid {holder.pid}\b.*{lock.name}"):
+            with exclusive_lock(lock, wait=False):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with exclusive_lock(lock, wait=False):  # released when the holder let go
+        pass
+
+
+def _hold(lock, ready, release):
+    from deq.io import exclusive_lock
+
+    with exclusive_lock(lock):
+        ready.set()
+        release.wait(30)
