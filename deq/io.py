@@ -19,7 +19,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as file:
             file.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -58,10 +58,11 @@ def exclusive_lock(path: str | Path, wait: bool = True, what: str = "this folder
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The mode ``open`` would give a new file (0o666 less the umask); ``mkstemp`` gives 0600."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def log_to(path: str | Path) -> None:

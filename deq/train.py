@@ -8,7 +8,11 @@ data-parallel (DDP; gloo on CPU, NCCL on GPUs). The run folder receives:
 - ``traces.jsonl``: forward/backward solver convergence traces at the first, every ``trace_every``-th
   and the last step;
 - ``checkpoint.pt``: the latest checkpoint (atomic); a rerun with the same ``--out`` resumes from it (and
-  refuses, naming the keys, if the config changed); ``checkpoint-step<N>.pt``: copies kept at ``keep_steps``;
+  refuses, naming the keys, if the config changed); ``checkpoint-step<N>.pt``: copies kept at ``keep_steps``.
+  a damaged ``checkpoint.pt`` (its CRCs, :mod:`deq.engine.checkpoint`) is refused with its path, and the run
+  resumes from the newest intact kept copy (the next checkpoint overwrites the damaged file), or stops
+  naming both;
+- ``.lock``: held while the run trains; a second ``deq.train`` on the same ``--out`` is refused;
 - ``result.json``: final validation and test perplexity (or copy-memory test loss) and peak memory;
   ``embedding_state_bytes`` (word-embedding parameters, gradients and Adam moments) is what to
   subtract from a device peak for the paper's embeddings-excluded protocol. Copy memory has no
@@ -18,8 +22,13 @@ Training: Adam, linear warm-up then cosine decay, gradient clipping, gradient ac
 DEQ pretraining switch (the first ``pretrain_steps`` as the weight-tied stack), bf16 autocast on
 CUDA. Each step's global batch of ``batch_size`` streams is split over processes, then over
 micro-batches, each with its own segment memory, so the gradient of a step does not depend on how
-it is split. A non-finite loss stops the run naming the step and the last solver residuals;
-solver non-convergence is only recorded.
+it is split. Solver non-convergence is only recorded.
+
+A diverged run fails (non-zero exit, no ``result.json``), naming the step, the cause and the last good
+checkpoint: a loss that is not finite or whose perplexity overflows a float64 (``DIVERGED_LOSS``), a
+non-finite gradient norm (caught before the optimiser step), non-finite weights after it, a non-finite
+evaluation, or any error inside a step (an overflowing learning rate). No checkpoint ever holds a
+non-finite value, so the last good one resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,14 +51,17 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from deq.engine.checkpoint import LATEST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deq.engine.checkpoint import (LATEST, CheckpointError, load_checkpoint, rng_state, save_checkpoint,
+                                   set_rng_state)
 from deq.engine.config import TrainConfig, lm_row, load_config, to_dict
 from deq.engine.memory import MEMORY_FIELDS, AllocatorPeak, MemoryMonitor, adam_state_bytes
 from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, read_jsonl, run_metadata,
                                 solver_metrics, write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
-from deq.io import atomic_write_text
+from deq.io import atomic_write_text, exclusive_lock
 from deq.models.configs import COPY_CONFIGS, build_model
+
+DIVERGED_LOSS = math.log(sys.float_info.max)  # ~709.8 nats per token: beyond it exp(loss) overflows a float64
 
 
 # ---- setup ------------------------------------------------------------------------------------------
@@ -68,6 +81,9 @@ def distributed() -> tuple[int, int]:
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: 'cuda' but this torch ({torch.__version__}) sees no CUDA device; choose "
+                         f"'auto' (CUDA where available, else the CPU) or 'cpu'")
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -203,10 +219,50 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 
+class TrainingFailed(RuntimeError):
+    """A run that diverged or whose step raised; the message names the step, the cause and the last good
+    checkpoint."""
+
+
 def train(cfg: TrainConfig, out: Path) -> dict:
+    """Train ``cfg`` in the run folder ``out`` (resuming its checkpoint) and return the result (rank 0)."""
     rank, world = distributed()
     device = pick_device(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / ".lock", wait=False, what=f"the run folder {out}") if rank == 0 else nullcontext():
+        return _train(cfg, out, rank, world, device)
+
+
+def resume_point(out: Path) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint of the run folder ``out`` as (path, state), or None for a fresh run.
+
+    ``checkpoint.pt`` first; if it is damaged, the newest intact ``checkpoint-step<N>.pt``; if none is,
+    :class:`CheckpointError` naming the damaged file and what was tried.
+    """
+    latest = out / LATEST
+    if not latest.exists():
+        return None
+    try:
+        return latest, load_checkpoint(latest)
+    except CheckpointError as damaged:
+        kept = sorted(out.glob("checkpoint-step*.pt"), key=lambda p: int(p.stem.removeprefix("checkpoint-step")),
+                      reverse=True)
+        refused = []
+        for path in kept:
+            try:
+                saved = load_checkpoint(path)
+            except CheckpointError as error:
+                refused.append(str(error))
+                continue
+            print(f"{damaged}; resuming from the kept checkpoint {path} (step {saved['state']['step']}) instead",
+                  file=sys.stderr)
+            return path, saved
+        tried = "; ".join(refused) if refused else "none is kept (the config's keep_steps)"
+        raise CheckpointError(f"{damaged}, and no intact kept checkpoint-step<N>.pt to fall back to: {tried}. "
+                              f"Remove {out} to start the run over") from None
+
+
+def _train(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.device) -> dict:
     seed_everything(cfg.seed)
     task = (CopyMemoryTask if cfg.is_copy_memory else LanguageModelTask)(cfg, rank, world, device)
     model = task.build().to(device)
@@ -215,20 +271,23 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     state = {"step": 0, "epoch": 0, "position": 0, "memory": [None] * cfg.grad_accum}
 
     checkpoint_path = out / LATEST
-    if checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
+    last_good = "none yet (a rerun starts the run over)"
+    resumed = resume_point(out)
+    if resumed is not None:
+        resumed_path, saved = resumed
         changed = sorted(k for k, v in to_dict(cfg).items() if saved["config"].get(k) != v)
         if changed:
-            raise ValueError(f"{checkpoint_path} was written with a different config (keys {changed} differ); "
+            raise ValueError(f"{resumed_path} was written with a different config (keys {changed} differ); "
                              f"restore that config to resume, or remove {out} to start over")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if len(saved["rng"]) != world:
-            raise ValueError(f"{checkpoint_path} was written by {len(saved['rng'])} processes; resume it with "
+            raise ValueError(f"{resumed_path} was written by {len(saved['rng'])} processes; resume it with "
                              f"as many, not {world}")
         state = {**saved["state"], "memory": _to_device(saved["state"]["memory"][rank], device)}
         set_rng_state(saved["rng"][rank])
+        last_good = f"{resumed_path} (step {state['step']})"
     ddp = world > 1
     net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
     lead = rank == 0
@@ -259,34 +318,50 @@ def train(cfg: TrainConfig, out: Path) -> dict:
             # The last step's allocator peak (forward and backward; weights and Adam moments excluded):
             # the run's training memory, measured in the run (figure size_sweep).
             measured = step == cfg.max_steps
-            with AllocatorPeak(device) if measured else nullcontext() as peak:
-                for micro in range(cfg.grad_accum):
-                    inputs, targets = task.batch(state, micro)
-                    sync = ddp and micro < cfg.grad_accum - 1
-                    with (net.no_sync() if sync else nullcontext()), \
-                            (monitor.saved_activations(exclude=embedding) if traced else nullcontext()), autocast:
-                        loss, lm_loss, memory, info, n = task.loss(net, inputs, targets, state["memory"][micro])
-                        (loss / cfg.grad_accum).backward()
-                    state["memory"][micro] = memory
-                    total_loss += lm_loss.item() / cfg.grad_accum
-                    tokens += n
-            if not math.isfinite(total_loss):
-                raise RuntimeError(f"non-finite loss {total_loss} at step {step}; last solver residuals: "
-                                   f"{solver_metrics(info)}")
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             lr = scheduler.get_last_lr()[0]
+            try:
+                with AllocatorPeak(device) if measured else nullcontext() as peak:
+                    for micro in range(cfg.grad_accum):
+                        inputs, targets = task.batch(state, micro)
+                        sync = ddp and micro < cfg.grad_accum - 1
+                        with (net.no_sync() if sync else nullcontext()), \
+                                (monitor.saved_activations(exclude=embedding) if traced else nullcontext()), autocast:
+                            loss, lm_loss, memory, info, n = task.loss(net, inputs, targets, state["memory"][micro])
+                            (loss / cfg.grad_accum).backward()
+                        state["memory"][micro] = memory
+                        total_loss += lm_loss.item() / cfg.grad_accum
+                        tokens += n
+                if not total_loss <= DIVERGED_LOSS:  # NaN fails this too
+                    raise TrainingFailed(f"the loss diverged to {total_loss:g} (limit {DIVERGED_LOSS:.1f}); last "
+                                         f"solver residuals: {solver_metrics(info)}")
+                # Clips where cfg.clip > 0; the norm is computed either way, to refuse a non-finite gradient
+                # before it reaches the weights.
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip or math.inf))
+                if not math.isfinite(grad_norm):
+                    raise TrainingFailed(f"the gradient norm is {grad_norm} (loss {total_loss:g})")
+                optimizer.step()
+                bad = nonfinite_parameters(model)
+                if bad:
+                    raise TrainingFailed(f"the optimiser step made {len(bad)} parameter tensors non-finite "
+                                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at lr {lr:g}, "
+                                         f"gradient norm {grad_norm:g}")
+            except TrainingFailed as error:
+                raise TrainingFailed(f"step {step}: {error}; the last good checkpoint is {last_good}") from None
+            except Exception as error:
+                raise TrainingFailed(f"step {step} failed at lr {lr:g}: {type(error).__name__}: {error}; the last "
+                                     f"good checkpoint is {last_good}") from error
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             task.advance(state)
             state["step"] = step
             elapsed = time.perf_counter() - start
 
             evaluation = task.evaluate(model, "valid") if lead and cfg.eval_every and step % cfg.eval_every == 0 else {}
+            check_evaluation(evaluation, step, last_good)
             if lead and (step % cfg.log_every == 0 or step == cfg.max_steps or evaluation):
                 memory_record = {**monitor.record(), "embedding_state_bytes": embedding_state_bytes}
                 line = {"step": step, "loss": total_loss, "ppl": math.exp(min(total_loss, 50.0)), "lr": lr,
+                        "grad_norm": grad_norm,
                         "tokens_per_s": tokens * world / elapsed, "step_time_s": elapsed,
                         **solver_metrics(info), **memory_record, **evaluation,
                         "train_step_peak_bytes": peak.bytes if measured else None}
@@ -299,6 +374,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                     traces.add(step, "backward", info.backward)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or step in cfg.keep_steps:
                 _checkpoint(checkpoint_path, model, optimizer, scheduler, state, cfg, world, lead)
+                last_good = f"{checkpoint_path} (step {step})"
                 if lead and step in cfg.keep_steps:
                     keep_copy(checkpoint_path, out / f"checkpoint-step{step}.pt")
             bar.update(1)
@@ -312,15 +388,27 @@ def train(cfg: TrainConfig, out: Path) -> dict:
                       "embedding_state_bytes": embedding_state_bytes, "params": n_params,
                       "train_step_peak_bytes": _last_logged(out / "metrics.jsonl", "train_step_peak_bytes"),
                       "params_nonembedding": n_params - n_embedding, "steps": state["step"]}
-            diverged = {k: v for k, v in result.items() if k.endswith(("_ppl", "_loss")) and not math.isfinite(v)}
-            if diverged:  # a diverged evaluation is a failure, not a result: no result.json
-                raise RuntimeError(f"the evaluation after step {state['step']} diverged ({diverged}); the last "
-                                   f"checkpoint is {checkpoint_path}")
+            check_evaluation(result, state["step"], last_good)  # a failure, not a result: no result.json
             atomic_write_text(out / "result.json", json.dumps(result, indent=2))
             write_metadata(out / "metadata.json", finish_metadata(meta))
     if ddp:
         dist.barrier()
     return result
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity (one device sync when there are none)."""
+    if bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        return []
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def check_evaluation(metrics: dict, step: int, last_good: str) -> None:
+    """Raise :class:`TrainingFailed` if a perplexity or loss in ``metrics`` is not finite."""
+    diverged = {k: v for k, v in metrics.items() if k.endswith(("_ppl", "_loss")) and not math.isfinite(v)}
+    if diverged:
+        raise TrainingFailed(f"step {step}: the evaluation diverged ({diverged}); the last good checkpoint is "
+                             f"{last_good}")
 
 
 def peak_memory_over_run(metrics_path: Path, record: dict) -> dict:

@@ -148,7 +148,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module.CopyMemoryTask, "loss", poisoned)
     cfg = config_from_dict({**COPY, "max_steps": 3, "data_root": str(tmp_path / "data")})
-    with pytest.raises(RuntimeError, match=r"non-finite loss nan at step 1; last solver residuals: \{'fwd_iters'"):
+    with pytest.raises(RuntimeError, match=r"step 1: the loss diverged to nan \(limit 709.8\); last solver "
+                                           r"residuals: \{'fwd_iters'.*last good checkpoint is none yet"):
         train_module.train(cfg, tmp_path / "run")
 
 
@@ -197,7 +198,7 @@ def test_a_diverged_final_evaluation_fails_the_run_and_writes_no_result(tmp_path
 
     monkeypatch.setattr(train_module.CopyMemoryTask, "evaluate", lambda self, model, split: {f"{split}_loss": math.inf})
     cfg = config_from_dict({**COPY, "max_steps": 2, "data_root": str(tmp_path / "data")})
-    with pytest.raises(RuntimeError, match=r"evaluation after step 2 diverged \(\{'valid_loss': inf, 'test_loss': inf\}\)"
-                                           r"; the last checkpoint is .*checkpoint.pt"):
+    with pytest.raises(RuntimeError, match=r"step 2: the evaluation diverged \(\{'valid_loss': inf, 'test_loss': inf\}\)"
+                                           r"; the last good checkpoint is .*checkpoint.pt \(step 2\)"):
         train_module.train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "checkpoint.pt").exists()

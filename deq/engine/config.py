@@ -1,7 +1,9 @@
 """The training run's configuration: one YAML file in, one typed, validated record out.
 
 ``python -m deq.train --config run.yaml --out runs/x`` reads the YAML with :func:`load_config`.
-Every key is a field below (unknown keys are errors, naming the key and the allowed ones); the
+Every key is a field below (unknown keys are errors, naming the key and the allowed ones), and every
+value is checked against the field's type before anything else (``lr: 1e-3``, which YAML 1.1 reads as
+a string, is refused naming the key and the fix; ``max_steps: 2.5`` and ``bf16: banana`` likewise); the
 model itself is a named row of :mod:`deq.models.configs` at a preset, so the YAML never restates
 architecture. The resolved config is saved in the run folder and inside every checkpoint.
 """
@@ -9,6 +11,8 @@ architecture. The resolved config is saved in the run folder and inside every ch
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,7 @@ class TrainConfig:
     width: int | None = None  # cpu preset only: the width of the 500-wide rows (None: 128; deq.models.configs)
     data_root: str = "data"  # where datasets are downloaded and prepared
     data_mirror: str | None = None  # local mirror <mirror>/<dataset>/<files>; env DEQ_DATA_MIRROR if None
-    seed: int = 0  # seeds torch, numpy and random
+    seed: int = 0  # seeds torch, numpy and random; 0 <= seed < 2**32 (numpy's range)
     max_steps: int = 100  # optimiser steps
     batch_size: int = 16  # sequences per optimiser step (global, over all processes)
     grad_accum: int = 1  # micro-batches per step; batch_size must divide by grad_accum * world size
@@ -57,6 +61,9 @@ class TrainConfig:
     device: str = "auto"  # 'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _typed(field.name, getattr(self, field.name), _FIELD_TYPES[field.name])
+            object.__setattr__(self, field.name, value)
         if self.model not in CONFIGS and self.model not in COPY_CONFIGS:
             raise ValueError(f"unknown model {self.model!r}; choose from {sorted([*CONFIGS, *COPY_CONFIGS])}")
         _choice("preset", self.preset, PRESETS)
@@ -82,6 +89,11 @@ class TrainConfig:
             raise ValueError(f"keep_steps must be a list of steps in [1, max_steps={self.max_steps}], "
                              f"got keep_steps={self.keep_steps!r}")
         object.__setattr__(self, "keep_steps", tuple(self.keep_steps))  # YAML gives a list
+        if self.seed >= 2**32:
+            raise ValueError(f"seed must be < 2**32 = {2**32} (numpy's seed range), got seed={self.seed!r}")
+        for name in ("lr", "min_lr", "clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {name}={getattr(self, name)!r}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
         if self.clip < 0:
@@ -90,6 +102,38 @@ class TrainConfig:
     @property
     def is_copy_memory(self) -> bool:
         return self.model in COPY_CONFIGS
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _typed(name: str, value: object, hint) -> object:
+    """``value`` if it has the field's type (an int where a float is due becomes a float); else a
+    ``ValueError`` naming the key, the value and the type allowed."""
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None and optional:
+        return None
+    if typing.get_origin(base) is tuple:  # keep_steps: checked with its bounds in __post_init__
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    allowed = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[base]
+    hint_text = ""
+    if isinstance(value, str) and base in (int, float):
+        try:
+            float(value)
+            hint_text = (" (YAML reads a number in exponent form without a dot, like 1e-3, as a string: "
+                         "write 1.0e-3)")
+        except ValueError:
+            pass
+    return _refuse(name, value, allowed + (" or null" if optional else "") + hint_text)
+
+
+def _refuse(name: str, value: object, allowed: str):
+    raise ValueError(f"{name} must be {allowed}, got {name}={value!r} ({type(value).__name__})")
 
 
 def _choice(name: str, value: object, allowed) -> None:
@@ -118,7 +162,10 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
         raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys are {fields}")
     if "model" not in raw:
         raise ValueError(f"{source}: the key 'model' is required")
-    return TrainConfig(**raw)
+    try:
+        return TrainConfig(**raw)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def lm_row(cfg: TrainConfig) -> LMConfig:
