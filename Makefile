@@ -12,13 +12,46 @@ MIRROR ?= $(abspath $(wildcard ../shared/data))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run test bench gpu-bench paper-memory paper-runtime clean
+.PHONY: run locked-run test bench gpu-bench paper-memory paper-runtime clean
 
 # --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
+# After a crash (SIGKILL, power loss) `make run` simply finishes the study: it holds RUN_LOCK for the
+# whole run, so no other `make run` works in this folder at once (a second one stops at once, naming
+# the lock), and under it clears the lock Snakemake left behind (`snakemake --unlock`) before the run;
+# the profile's rerun-incomplete reruns the killed jobs, and training resumes from its checkpoint.
+# Not covered: a `snakemake` started by hand in this folder alongside a `make run` (it does not take
+# RUN_LOCK, and its Snakemake lock would be cleared): run one or the other.
+RUN_LOCK := .snakemake/make-run.lock
+CONFIG    = --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
 run: $(VENV)/.installed
-	$(VENV)/bin/snakemake all --keep-going --cores $(CORES) --resources gpu=$(or $(GPUS),0) \
-		--config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
-	$(VENV)/bin/snakemake --report results/report.html --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
+	$(VENV)/bin/python -c "$$HOLD_LOCK" $(RUN_LOCK) $(MAKE) --no-print-directory locked-run
+
+# `make run`'s steps, run only under RUN_LOCK (do not call it directly).
+locked-run:
+	$(VENV)/bin/snakemake --unlock $(CONFIG)
+	$(VENV)/bin/snakemake all --keep-going --cores $(CORES) --resources gpu=$(or $(GPUS),0) $(CONFIG)
+	$(VENV)/bin/snakemake --report results/report.html $(CONFIG)
+
+# HOLD_LOCK LOCKFILE COMMAND...: take an exclusive flock on LOCKFILE (or fail at once naming it and
+# its holder's pid), then become COMMAND, which keeps the lock (and passes it to its children) until
+# it and they end; the kernel drops it when they die, so a crash never leaves this lock stale.
+define HOLD_LOCK
+import fcntl, os, sys
+path, command = sys.argv[1], sys.argv[2:]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    sys.exit(f"make run: another make run (pid {holder}) or a process it started is still running in this "
+             f"folder: {path} is locked; wait for it to finish or stop it")
+os.ftruncate(fd, 0)
+os.write(fd, str(os.getpid()).encode())
+os.set_inheritable(fd, True)
+os.execvp(command[0], command)
+endef
+export HOLD_LOCK
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest

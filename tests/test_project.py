@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,8 +16,9 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+# The `snakemake` helper and the session-wide `smoke_study` fixture live in tests/conftest.py.
+from conftest import REPO, SNAKEMAKE, snakemake
+
 CONDA_TO_PIP = {"pytorch": "torch"}  # every other package has the same name on both
 
 
@@ -75,37 +74,6 @@ def test_ci_runs_the_readme_test_command():
     commands = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith("#")]
     assert commands[-1] == "make test"
     assert os.access(REPO / ".ci" / "run", os.X_OK)
-
-
-MIRROR = REPO.parent / "shared" / "data"  # the offline copy of PTB and WikiText-2 (tests never download)
-
-
-def snakemake(directory: Path, *args: str, preset: str = "smoke", timeout: float = 600) -> subprocess.CompletedProcess:
-    # PYTHONPATH makes the checkout importable by the rule scripts whether or not it is pip-installed.
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    command = [str(SNAKEMAKE), "--directory", str(directory), "-s", str(REPO / "Snakefile"), *args,
-               "--config", f"preset={preset}", f"data_mirror={MIRROR}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory):
-    """The README's main command at the smoke scale, then the report, in a fresh folder."""
-    if not (MIRROR / "ptb").is_dir():
-        pytest.skip(f"local corpus mirror {MIRROR} (PTB) not present")
-    folder = tmp_path_factory.mktemp("study")
-    # The committed paper-width memory measurement, where a clone has it: Tables 2-3 and memory_bars read it.
-    reference = folder / "results" / "reference" / "cpu"
-    reference.mkdir(parents=True)
-    shutil.copy(REPO / "results" / "reference" / "cpu" / "memory_paper.csv", reference)
-    shutil.copy(REPO / "results" / "reference" / "cpu" / "runtime_paper.csv", reference)  # Table 4 reads it too
-    result = snakemake(folder, "--cores", "2", "all", timeout=1800)
-    logs = sorted((folder / "results" / "logs").rglob("*.log")) if result.returncode else []
-    assert result.returncode == 0, result.stderr[-4000:] + "".join(log.read_text()[-1500:] for log in logs)
-    report = snakemake(folder, "--report", "results/report.html", timeout=300)
-    assert report.returncode == 0, report.stderr[-3000:]
-    return folder
 
 
 def test_smoke_study_writes_every_table_with_the_documented_columns(smoke_study):
