@@ -252,7 +252,9 @@ def test_a_full_file_system_is_named_as_such(tmp_path, tiny_tmpfs):
 # ---- 6: run.yaml values of the wrong type -----------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, message", [
-    ("lr", "1e-3", r"lr must be a number \(YAML reads .* write 1.0e-3\), got lr='1e-3' \(str\)"),
+    ("lr", "1e-3", r"lr must be a number \(YAML 1.1 reads .* write 0.001\), got lr='1e-3' \(str\)"),
+    ("lr", "1.0e30", r"lr must be a number \(YAML 1.1 reads .* write 1.0e\+30\), got lr='1.0e30' \(str\)"),
+    ("max_steps", "1e3", r"max_steps must be an integer \(YAML 1.1 .* write 1000\), got max_steps='1e3' \(str\)"),
     ("clip", None, r"clip must be a number, got clip=None \(NoneType\)"),
     ("data_root", 5, r"data_root must be a string, got data_root=5 \(int\)"),
     ("bf16", "banana", r"bf16 must be true or false, got bf16='banana' \(str\)"),

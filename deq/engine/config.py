@@ -2,8 +2,8 @@
 
 ``python -m deq.train --config run.yaml --out runs/x`` reads the YAML with :func:`load_config`.
 Every key is a field below (unknown keys are errors, naming the key and the allowed ones), and every
-value is checked against the field's type before anything else (``lr: 1e-3``, which YAML 1.1 reads as
-a string, is refused naming the key and the fix; ``max_steps: 2.5`` and ``bf16: banana`` likewise); the
+value is checked against the field's type before anything else (``lr: 1e-3`` and ``lr: 1.0e30``, which
+YAML 1.1 reads as strings, are refused naming the key and the spelling it reads as a number; ``max_steps: 2.5`` and ``bf16: banana`` likewise); the
 model itself is a named row of :mod:`deq.models.configs` at a preset, so the YAML never restates
 architecture. The resolved config is saved in the run folder and inside every checkpoint.
 """
@@ -124,12 +124,20 @@ def _typed(name: str, value: object, hint) -> object:
     hint_text = ""
     if isinstance(value, str) and base in (int, float):
         try:
-            float(value)
-            hint_text = (" (YAML reads a number in exponent form without a dot, like 1e-3, as a string: "
-                         "write 1.0e-3)")
+            hint_text = f" (YAML 1.1 reads a number as text unless its mantissa has a dot and its exponent a sign: " \
+                        f"write {_yaml_number(float(value), base)})"
         except ValueError:
             pass
     return _refuse(name, value, allowed + (" or null" if optional else "") + hint_text)
+
+
+def _yaml_number(x: float, kind: type) -> str:
+    """``x`` spelled so that YAML 1.1 (PyYAML) reads it as a ``kind``: 1000, 0.001, 1.0e+30."""
+    if kind is int and x.is_integer():
+        return str(int(x))
+    text = repr(x)
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}{e}{exponent}" if e else text
 
 
 def _refuse(name: str, value: object, allowed: str):
