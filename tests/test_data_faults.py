@@ -222,3 +222,18 @@ def test_a_damaged_prepared_array_is_reported_and_rebuilt(tmp_path, capsys, dama
     assert what in capsys.readouterr().err
     prepare("ptb", root)  # rebuilt and recorded: reused from now on, quietly
     assert capsys.readouterr().err == ""
+
+
+@needs_mirror
+def test_a_read_only_data_root_is_read_without_the_lock(tmp_path, monkeypatch):
+    # A shared, already prepared, read-only data root (a cluster's dataset folder): the lock file cannot
+    # be created there, and preparing must still return the corpus.
+    import deq.data.corpus as corpus_module
+
+    expected = digest_of(prepare("ptb", tmp_path, MIRROR))
+
+    def read_only(path, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(corpus_module, "exclusive_lock", read_only)
+    assert digest_of(prepare("ptb", tmp_path, MIRROR)) == expected

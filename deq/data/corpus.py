@@ -32,6 +32,7 @@ two streaming passes (count, then encode chunk by chunk with plain file writes),
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -251,14 +252,20 @@ def prepare(dataset: str, root: str | Path, mirror: str | Path | None = None) ->
 
     The prepared folder is reused while its ``meta.json`` names the same source digests and its
     files match their recorded sizes and digests, and rebuilt otherwise. Processes preparing the
-    same root take turns (``<root>/<dataset>/.prepare.lock``).
+    same root take turns (``<root>/<dataset>/.prepare.lock``); a data root where the lock cannot be
+    created (read-only) is used without it.
     """
     check_dataset(dataset)
     if dataset not in RULES:
         raise ValueError(f"{dataset!r} is not a text corpus; choose from {list(RULES)} "
                          f"(copy-memory is generated: deq.data.copy_memory_splits)")
     root = Path(root)
-    with exclusive_lock(root / dataset / LOCK, what=f"the {dataset} data in {root}"):
+    with contextlib.ExitStack() as turns:
+        try:
+            turns.enter_context(exclusive_lock(root / dataset / LOCK, what=f"the {dataset} data in {root}"))
+        except OSError as error:  # a read-only data root: nobody can write there, so only read it
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
         paths = fetch(dataset, root, mirror)
         sources = source_digests(dataset, root)
         folder = root / dataset / "prepared"
