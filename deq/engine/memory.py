@@ -401,12 +401,31 @@ class AllocatorPeak:
 
 
 def _timeline_peak(profiler) -> int:
-    """The largest running total of the CPU allocations and frees a profile recorded, in time order."""
-    events = sorted(((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
-                    key=lambda event: event[0])  # stable: same-time events keep the order recorded
+    """The largest running total of the CPU allocations made inside a profile, in time order.
+
+    A free counts only when its block was allocated inside the profile (matched by address): the
+    allocator sometimes reports the free of an older block (it keeps sizes of blocks freed while no
+    profiler listened, keyed by an address a later tensor may reuse), which would subtract bytes that
+    were never added.
+    """
+    from torch._C._profiler import _EventType
+
+    def walk(events):
+        for event in events:
+            yield event
+            yield from walk(event.children)
+
+    allocations = sorted(((e.start_time_ns, e.extra_fields) for e in
+                          walk(profiler.profiler.kineto_results.experimental_event_tree())
+                          if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu"),
+                         key=lambda event: event[0])  # stable: same-time events keep the order recorded
+    inside: dict[int, int] = {}  # address -> bytes of the blocks allocated inside and not yet freed
     live = peak = 0
-    for _, change in events:  # frees are negative
-        live += change
+    for _, block in allocations:
+        if block.alloc_size > 0:
+            inside[block.ptr] = block.alloc_size
+            live += block.alloc_size
+        elif block.ptr in inside:
+            live -= inside.pop(block.ptr)
         peak = max(peak, live)
     return peak
