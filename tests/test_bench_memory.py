@@ -12,7 +12,8 @@ import deq
 import torch
 
 from deq.bench import depth, memory
-from deq.models.configs import CONFIGS
+from deq.engine.memory import AllocatorPeak
+from deq.models.configs import CONFIGS, build_cell, get_config
 
 PROTOCOL_COLUMNS = ("name", "driver", "scale", "scale_reason", "method", "activation_bytes", "driver_activation_bytes",
                     "fwd_buffer_bytes", "bwd_buffer_bytes", "param_state_bytes", "total_bytes", "memory_bytes",
@@ -99,17 +100,19 @@ def test_protocol_numbers_are_non_negative_and_the_method_is_named(protocol_rows
         assert row["scale"] and row["scale_reason"]
 
 
-def test_reductions_are_fractions_where_defined(protocol_rows):
-    # 1 - DEQ / explicit for each explicit counterpart: the DEQ's driver uses less, and not nothing. The
-    # measured reduction is only below 1: at smoke widths the shared softmax's temporaries can make the
-    # two peaks equal.
+def test_every_deq_uses_less_memory_than_each_explicit_counterpart_but_not_nothing(protocol_rows):
+    # 1 - DEQ / explicit for each explicit counterpart, the paper's claim: the DEQ's driver holds one
+    # layer's activations and a small solver history where the explicit stack holds every layer's, and
+    # the rest (embedding, softmax) is the same model, so the DEQ's measured peak must be below every
+    # counterpart's, the shallowest included. The closest at smoke widths is the 4-layer Transformer-XL
+    # (3% below: a 268K-word softmax dominates both peaks); a DEQ measured with its weight-tied
+    # pretraining stack switched on comes out about 4% above it.
     rows, _ = protocol_rows
     explicit = [r for r in rows if r["driver"] != "deq"]
     assert {r["deq"] for r in explicit} == set(memory.PAIRS)
     for row in explicit:
-        for column in ("accounted_reduction", "driver_reduction", "paper_reduction"):
+        for column in ("reduction", "accounted_reduction", "driver_reduction", "paper_reduction"):
             assert 0 < row[column] < 1, (row["name"], column, row[column])
-        assert -0.5 < row["reduction"] < 1, (row["name"], row["reduction"])
     for row in rows:
         if row["driver"] == "deq":
             assert row["reduction"] is None and row["counterparts"]
@@ -129,19 +132,50 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
     assert row["nvml"] is False and math.isfinite(row["memory_bytes"])
 
 
-def test_solver_buffers_follow_the_solvers_allocations():
-    # Anderson: dG, dS (m each), the 2-row probe and the best iterate, plus the float64 Gram matrix;
-    # Broyden: U, V with m = max_iter - 1 slots (the official threshold) unless given, plus the best iterate.
-    B, d = 3, 10
-    assert memory.solver_buffer_bytes("anderson", 30, {}, B, d) == (2 * 6 + 2 + 1) * B * d * 4 + B * 36 * 8
-    assert memory.solver_buffer_bytes("broyden", 30, {}, B, d) == (2 * 29 + 1) * B * d * 4  # threshold 29
-    assert memory.solver_buffer_bytes("broyden", 30, {"m": 8}, B, d) == (2 * 8 + 1) * B * d * 4
+def test_solver_buffer_account_names_an_unknown_solver():
     with pytest.raises(ValueError, match="unknown solver 'andersen'"):
-        memory.solver_buffer_bytes("andersen", 30, {}, B, d)
+        memory.solver_buffer_bytes("andersen", 30, {}, 3, 10)
+
+
+def _solve_peak(solver: str, cap: int, options: dict, z0: torch.Tensor) -> int:
+    """Allocator peak (bytes) of a solve of f(z) = 0.999 z + 1 from z0 that runs to ``cap`` (tolerance
+    unreachable: the fixed point 1000 is far away)."""
+    with AllocatorPeak("cpu") as peak:
+        deq.solve(lambda z: 0.999 * z + 1, z0, solver=solver, tol=1e-30, max_iter=cap, stop_mode="abs", **options)
+    return peak.bytes
+
+
+# Two solves of one solver that differ only in their history size: (cap, options) small, then large.
+# Broyden's default history is cap - 1 slots; Picard has none (the account must not grow).
+HISTORY_SIZES = {
+    "anderson-m2-to-m9": ("anderson", (30, {"m": 2}), (30, {"m": 9})),
+    "broyden-cap6-to-cap30": ("broyden", (6, {}), (30, {})),
+    "broyden-m2-to-m9": ("broyden", (30, {"m": 2}), (30, {"m": 9})),
+    "picard-cap6-to-cap30": ("picard", (6, {}), (30, {})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HISTORY_SIZES))
+def test_solver_buffer_account_grows_by_what_a_larger_history_really_allocates(case):
+    # The account's history is what the solver allocates: between two solves that differ only in their
+    # history size, the allocator's peak (the profiler's exact byte count) must grow by exactly what the
+    # account grows by; the working vectors of a step are the same in both and cancel. One history slot
+    # is 2 vectors (Anderson dG and dS, Broyden U and V) of B x d x 4 = 320 KB; the tolerance, 1/20 of a
+    # vector (16 KB), is above everything else that grows with the history (the float64 (B, n, n) copies
+    # of Anderson's ridge solve, the (B,) residual rows of the trace: about 8 KB at most here) and far
+    # below a slot miscounted.
+    solver, (small_cap, small), (large_cap, large) = HISTORY_SIZES[case]
+    B, d = 4, 20_000
+    z0, vector = torch.zeros(B, d), B * d * 4
+    grown = _solve_peak(solver, large_cap, large, z0) - _solve_peak(solver, small_cap, small, z0)
+    accounted = (memory.solver_buffer_bytes(solver, large_cap, large, B, d)
+                 - memory.solver_buffer_bytes(solver, small_cap, small, B, d))
+    assert abs(grown - accounted) <= vector / 20, (grown / vector, accounted / vector)
 
 
 # Working vectors (B, d) a solve holds beyond its history, f's output and temporaries included, measured
-# with f(z) = 0.999 z + 1: not in the account, but the same at every cap.
+# with f(z) = 0.999 z + 1: not in the account, but the same at every cap. Picard's, counted by hand: at
+# z + beta * g the old z, f(z), g, beta * g and the new z are alive.
 WORKING_VECTORS = {"anderson": 6, "broyden": 14, "picard": 5}
 
 
@@ -149,15 +183,11 @@ WORKING_VECTORS = {"anderson": 6, "broyden": 14, "picard": 5}
 def test_solver_buffers_are_what_the_solver_really_allocates(solver, options):
     # The account must be the solver's real history: the allocator's peak over a solve that runs to its
     # cap is the account plus a fixed working set, whatever the cap (a wrong slot count would grow it).
-    from deq.engine.memory import AllocatorPeak
-
     B, d = 4, 20_000
     z0, vector, excess = torch.zeros(B, d), B * d * 4, {}
     for cap in (6, 30):
-        with AllocatorPeak("cpu") as peak:
-            deq.solve(lambda z: 0.999 * z + 1, z0, solver=solver, tol=1e-30, max_iter=cap, stop_mode="abs",
-                      **options)
-        excess[cap] = (peak.bytes - memory.solver_buffer_bytes(solver, cap, options, B, d)) / vector
+        accounted = memory.solver_buffer_bytes(solver, cap, options, B, d)
+        excess[cap] = (_solve_peak(solver, cap, options, z0) - accounted) / vector
     assert excess[6] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess
     assert excess[30] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess
 
@@ -173,11 +203,15 @@ def test_best_possible_reduction_is_one_layer_against_depth_layers():
 @pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))
 def test_measured_totals_hold_what_was_saved_and_the_state(depth_rows, family):
     # The allocator's peak cannot be below the bytes autograd saved (they are all alive when the
-    # forward ends); the total adds the weights and moments that were alive before the step.
+    # forward ends). The total adds what was alive before the step, outside the peak: the cell's float32
+    # weights and Adam's two moments, 3 x 4 bytes per parameter of the cell, counted here on the cell
+    # itself; its gradients are made inside the step, so they are in the peak and must not be added.
+    cell = build_cell(get_config(depth.DEPTH_ROWS[family], depth.DEPTH_PRESETS["smoke"].model_preset))
+    weights = 4 * sum(p.numel() for p in cell.parameters())
     for r in depth_rows:
         if r["family"] == family:
-            assert r["allocator_peak_bytes"] >= r["activation_bytes"], r
-            assert r["total_bytes"] == r["allocator_peak_bytes"] + r["param_state_bytes"] // 4 * 3
+            assert r["allocator_peak_bytes"] >= max(r["activation_bytes"], weights), r  # the gradients
+            assert r["total_bytes"] - r["allocator_peak_bytes"] == 3 * weights, r
 
 
 @pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))

@@ -30,9 +30,9 @@ from deq.data import (
 from deq.data import corpus as corpus_module
 from deq.data.download import extract
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_mirror = pytest.mark.skipif(not (MIRROR / "ptb").is_dir() or not (MIRROR / "wikitext-2").is_dir(),
-                                  reason=f"local corpus mirror {MIRROR} (PTB, WikiText-2) not present")
+from conftest import MIRROR, require_mirror
+
+needs_mirror = pytest.mark.usefixtures("mirror")
 
 
 def sha256(data: bytes) -> str:
@@ -40,20 +40,9 @@ def sha256(data: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Every test runs without the internet and without a mirror from the environment."""
-    real = urllib.request.urlopen
-
-    def local_only(request, *args, **kwargs):
-        url = request.full_url if isinstance(request, urllib.request.Request) else request
-        if urllib.parse.urlsplit(url).hostname != "127.0.0.1":
-            raise urllib.error.URLError(f"tests must not use the network (tried {url})")
-        return real(request, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+def no_mirror_from_the_environment(monkeypatch):
+    """Every test here names its mirror (the network is closed for every test: tests/conftest.py)."""
     monkeypatch.delenv(MIRROR_ENV, raising=False)
-    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(proxy, raising=False)
 
 
 def copy_mirror(dest: Path, dataset: str = "ptb") -> Path:
@@ -328,8 +317,7 @@ def test_download_with_wrong_content_is_rejected_and_deleted(tmp_path, monkeypat
 @pytest.fixture(scope="module")
 def wikitext2(tmp_path_factory):
     """WikiText-2 prepared once for the module (the slowest preparation here, about a second)."""
-    if not (MIRROR / "wikitext-2").is_dir():
-        pytest.skip(f"local corpus mirror {MIRROR / 'wikitext-2'} not present")
+    require_mirror("wikitext-2")
     return prepare("wikitext-2", tmp_path_factory.mktemp("data"), mirror=MIRROR)
 
 
@@ -472,3 +460,29 @@ def test_copy_memory_splits_are_disjoint_draws():
     assert xtr.shape == (500, 40) and xte.shape == (100, 40)
     assert torch.equal(xtr, make_copy_memory(500, 20, seed=0)[0])
     assert not torch.equal(xte, xtr[:100])
+
+
+def test_no_test_can_reach_the_network():
+    # tests/conftest.py's no_network guard: a download a test forgot to point at 127.0.0.1 fails at once,
+    # naming what it tried, instead of reaching (or waiting for) the internet.
+    import socket
+
+    with pytest.raises(OSError, match=r"tests may not use the network: looking up 'example\.org'"):
+        urllib.request.urlopen("https://example.org/ptb.train.txt", timeout=5)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, \
+            pytest.raises(OSError, match=r"tests may not use the network: connecting to \('192\.0\.2\.1', 80\)"):
+        sock.connect(("192.0.2.1", 80))
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_missing_mirror_fails_under_ci_and_is_skipped_elsewhere(tmp_path, monkeypatch, ci, outcome):
+    # Under CI a missing corpus mirror must fail: skipped data tests would let CI pass having tested nothing.
+    import conftest
+
+    monkeypatch.setattr(conftest, "MIRROR", tmp_path)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=rf"local corpus mirror {re.escape(str(tmp_path))} lacks ptb, wikitext-2"):
+        conftest.require_mirror()
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "wikitext-2").mkdir()
+    assert conftest.require_mirror() == tmp_path

@@ -21,9 +21,10 @@ import pytest
 
 from deq.data import SPLITS, fetch, prepare
 
+from conftest import MIRROR
+
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = REPO.parent / "shared" / "data"  # as in test_data.py
-needs_mirror = pytest.mark.skipif(not (MIRROR / "ptb").is_dir(), reason=f"local corpus mirror {MIRROR / 'ptb'} not present")
+needs_mirror = pytest.mark.usefixtures("mirror")
 PTB_TOKENS = {"train": 929_589, "valid": 73_760, "test": 82_430}
 OSERROR_EXIT = 3  # what the child scripts below exit with on an OSError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
 
 import numpy as np
 import pytest
@@ -10,16 +10,17 @@ import torch
 
 from deq.engine.config import config_from_dict
 from deq.evaluate import convergence_curve, load_run, solver_sweep
+from deq.models.layers import weights_computed_once
 from deq.train import train
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import MIRROR, require_mirror
+
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two tiny runs that share a cell: the DEQ-Transformer small and its weight-tied stack."""
-    if not (MIRROR / "wikitext-2").is_dir():
-        pytest.skip(f"local corpus mirror {MIRROR / 'wikitext-2'} not present")
+    require_mirror("wikitext-2")
     root = tmp_path_factory.mktemp("runs")
     tokens = np.random.default_rng(0).integers(0, 33_278, size=4_000).astype(np.int32)
     folders = {}
@@ -33,29 +34,61 @@ def trained(tmp_path_factory):
     return folders, torch.as_tensor(tokens, dtype=torch.long)
 
 
-def test_convergence_curve_has_one_residual_per_evaluation(trained):
+def test_convergence_curve_is_the_residual_of_each_evaluation(trained):
+    # Figure 2 plots these numbers, so they must be ||f(z_k) - z_k|| (and that over ||f(z_k)||) at the
+    # iterates the driver really visits, averaged over the batch, one per evaluation of f.
     folders, tokens = trained
-    for name, folder in folders.items():
-        model, cfg, row, step = load_run(folder)
-        assert step == 2 and cfg.model == name
-        inputs, targets = tokens[:16].view(2, 8), tokens[1:17].view(2, 8)
-        curve = convergence_curve(model, inputs, targets, n_evals=7)
-        assert len(curve["rel_residual"]) == 7 == len(curve["abs_residual"])
-        assert all(r >= 0 for r in curve["rel_residual"])
-    # the driver's own settings are back after the measurement
-    model, _, row, _ = load_run(folders["wt103-transformer-xl-small-tied-16"])
-    convergence_curve(model, inputs, targets, n_evals=7)
-    assert model.driver.n_layer == row.n_layer
+    inputs, targets = tokens[:16].view(2, 8), tokens[1:17].view(2, 8)
+    # The weight-tied stack's iterates are z_0 = 0, z_{l+1} = f(z_l): unrolled here by hand in float64.
+    # 1e-5 covers float32 rounding through 7 layers (measured: 1e-7); a residual taken at the wrong
+    # iterate, a max or a sum over the batch instead of its mean, or rel and abs swapped are off by far more.
+    model, cfg, row, step = load_run(folders["wt103-transformer-xl-small-tied-16"])
+    assert step == 2 and cfg.model == "wt103-transformer-xl-small-tied-16"
+    curve = convergence_curve(model, inputs, targets, n_evals=7)
+    reference = copy.deepcopy(model).double()
+    cell, rel, abs_ = reference.driver.cell, [], []
+    with torch.no_grad(), weights_computed_once(cell):
+        injection = cell.inject(reference.embedding(inputs), None)
+        z = cell.init_state(injection)
+        for _ in range(7):
+            fz = cell(z, injection, None)
+            residual = (fz - z).flatten(1).norm(dim=1)  # (B,)
+            abs_.append(residual.mean().item())
+            rel.append((residual / fz.flatten(1).norm(dim=1)).mean().item())
+            z = fz
+    assert curve["rel_residual"] == pytest.approx(rel, rel=1e-5)
+    assert curve["abs_residual"] == pytest.approx(abs_, rel=1e-5)
+    assert model.driver.n_layer == row.n_layer  # the driver's own depth is back after the measurement
+    # The DEQ starts at z0 = 0, where ||f(0) - 0|| / ||f(0)|| = 1 exactly; its solver (not a stack) must
+    # then bring the residual down, and the cap, not the tolerance, ends the curve.
+    model, _, row, _ = load_run(folders["wt103-deq-transformer-small"])
+    before = model.driver.settings
+    curve = convergence_curve(model, inputs, targets, n_evals=7)
+    assert len(curve["rel_residual"]) == 7 == len(curve["abs_residual"])
+    assert curve["rel_residual"][0] == pytest.approx(1, abs=1e-6)
+    assert max(curve["rel_residual"][1:]) < 0.5
+    assert model.driver.settings == before
 
 
-def test_solver_sweep_tighter_tolerance_never_costs_fewer_evaluations(trained):
+def test_solver_sweep_stops_each_solve_at_the_tolerance_or_the_cap_it_is_given(trained):
+    # Figure 3 puts each point at its tolerance or cap, so each must be the one the solves ran with.
     folders, tokens = trained
     model, *_ = load_run(folders["wt103-deq-transformer-small"])
     before = model.driver.settings
-    rows = solver_sweep(model, tokens.numpy(), batch_size=2, tgt_len=8, tols=[1e-1, 1e-6], caps=[1, 4], max_tokens=64)
-    assert [r["sweep"] for r in rows] == ["tol", "tol", "max_iter", "max_iter"]
-    assert all(np.isfinite(r["valid_ppl"]) and r["tokens"] == 64 for r in rows)
-    assert rows[0]["mean_nfe"] <= rows[1]["mean_nfe"] and rows[2]["mean_nfe"] <= 1 < rows[3]["mean_nfe"] + 1
+    tol, cap = before.eval_tol, before.eval_max_iter  # 1e-6 and 4 at the smoke preset
+    rows = solver_sweep(model, tokens.numpy(), batch_size=2, tgt_len=8, tols=[1e3, tol], caps=[1, cap], max_tokens=64)
+    assert [(r["sweep"], r["tol"], r["max_iter"]) for r in rows] == [
+        ("tol", 1e3, cap), ("tol", tol, cap), ("max_iter", tol, 1), ("max_iter", tol, cap)]
+    assert all(r["tokens"] == 64 for r in rows)
+    # Counted by hand: the solve starts at z0 = 0, whose residual is the RMS of f(0), about 1 after the
+    # cell's layer norm: a tolerance of 1e3 is met at the first evaluation; 1e-6 is not met by a model
+    # trained for 2 steps within the cap, so it runs to it (every segment's solve, hence the mean).
+    assert [r["mean_nfe"] for r in rows] == [1, cap, 1, cap]
+    # A solve stopped after one evaluation by the tolerance and one stopped by a cap of 1 both return
+    # z0: the same perplexity by two routes; the same point twice gives the same number; and the cap
+    # changes the answer (else the sweep would show nothing).
+    assert rows[0]["valid_ppl"] == rows[2]["valid_ppl"] != rows[1]["valid_ppl"] == rows[3]["valid_ppl"]
+    assert all(np.isfinite(r["valid_ppl"]) for r in rows)
     assert model.driver.settings == before
 
 

@@ -4,137 +4,18 @@ study with the same numbers as an uninterrupted run, with no `snakemake --unlock
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import MIRROR, REPO
-
-MAKE = shutil.which("make")
-VENV = Path(sys.executable).parent.parent  # the environment running the tests: make must not reinstall it
-RUN_LOCK = Path(".snakemake") / "make-run.lock"  # the Makefile's RUN_LOCK
-TABLES = ("table1.csv", "table2.csv", "table3.csv", "table4.csv", "size_sweep.csv")
+from conftest import (MAKE, REPO, RUN_LOCK, assert_same_numbers, fresh_copy, incomplete, interrupted_training,
+                      kill_when, make_env, make_run, start, unrecorded_result)
 
 pytestmark = pytest.mark.skipif(MAKE is None, reason="make not installed")
-
-
-def make_run(folder: Path) -> list[str]:
-    """The README's `make run` at the smoke preset in ``folder``, on the test's environment and corpora."""
-    # -o: the environment's install stamp counts as up to date (it is the running one; nothing to install).
-    return [MAKE, "-C", str(folder), "-f", str(folder / "Makefile"), "run", "PRESET=smoke", "CORES=2",
-            f"VENV={VENV}", f"MIRROR={MIRROR}", "-o", f"{VENV}/.installed"]
-
-
-def make_env() -> dict[str, str]:
-    # Not an enclosing `make test`'s flags and variables; the checkout importable as in tests/conftest.py.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
-
-
-def fresh_copy(folder: Path) -> Path:
-    """The checkout's files (tracked, and new ones git does not ignore) copied to ``folder``: a fresh clone
-    of the working tree, without .snakemake/, results of earlier runs or .venv/."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, text=True)
-    if listed.returncode:
-        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
-    for name in filter(None, listed.stdout.split("\0")):
-        source = REPO / name
-        if source.is_file():  # not one deleted in the working tree
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, folder / name)
-    return folder
-
-
-def start(folder: Path, log: Path) -> subprocess.Popen:
-    # Its own process group (and session), so one killpg reaches make, Snakemake and every job.
-    with open(log, "ab") as out:
-        return subprocess.Popen(make_run(folder), env=make_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def incomplete(folder: Path) -> set[str]:
-    """The outputs Snakemake has marked incomplete (jobs started, not recorded as finished): the files under
-    .snakemake/incomplete/ are named by the output's path in urlsafe base64 (split into folders when long)."""
-    root = folder / ".snakemake" / "incomplete"
-    marked = set()
-    for marker in root.rglob("*") if root.is_dir() else ():
-        if marker.is_file():
-            name = "".join(part.removeprefix("@") for part in marker.relative_to(root).parts)
-            try:
-                marked.add(base64.urlsafe_b64decode(name).decode())
-            except ValueError:
-                pass
-    return marked
-
-
-def kill_when(process: subprocess.Popen, folder: Path, state: Callable[[], object], what: str, log: Path,
-              timeout: float = 900):
-    """SIGKILL the whole run at the first moment ``state()`` is true; return its value at that moment.
-
-    The run is frozen (SIGSTOP) while the state is checked a second time, so what it returns is what the
-    run was killed in; if the state went by in between, the run continues and the wait goes on. It returns
-    once the killed processes have let go of ``folder``'s run lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the study ended (exit {process.returncode}) before {what}:\n"
-                        + log.read_text(errors="replace")[-3000:])
-        if state():
-            os.killpg(process.pid, signal.SIGSTOP)
-            time.sleep(0.2)  # every process of the group has stopped
-            found = state()
-            if found:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                wait_until_released(folder, process.pid)
-                return found
-            os.killpg(process.pid, signal.SIGCONT)
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    pytest.fail(f"no {what} within {timeout:.0f} s")
-
-
-def wait_until_released(folder: Path, group: int, timeout: float = 60):
-    """Until the killed run's processes let go of the run lock: make exits first, and a job's process may take
-    a moment longer to die (a straggler that outlived the SIGKILL would hold it: the test says so)."""
-    deadline = time.monotonic() + timeout
-    with open(folder / RUN_LOCK, "a+") as lock:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    left = subprocess.run(["ps", "-o", "pid,stat,args", "-s", str(group)], capture_output=True,
-                                          text=True)
-                    pytest.fail(f"the killed run's lock still held after {timeout:.0f} s:\n{left.stdout}")
-                time.sleep(0.05)
-            else:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                return
-
-
-def interrupted_training(folder: Path) -> list[Path]:
-    """Run folders with a checkpoint and no result yet: training killed here resumes there."""
-    runs = folder / "results" / "runs" / "smoke"
-    return [run for run in runs.glob("*") if (run / "checkpoint.pt").exists() and not (run / "result.json").exists()]
-
-
-def unrecorded_result(folder: Path) -> list[str]:
-    """Finished training runs Snakemake has not recorded yet: result.json written, still marked incomplete.
-    A crash here needs rerun-incomplete (Snakemake refuses an existing output marked incomplete)."""
-    return [path for path in incomplete(folder) if path.endswith("/result.json") and (folder / path).exists()]
 
 
 def assert_stale_lock(folder: Path):
@@ -177,8 +58,6 @@ def test_make_run_after_sigkill_finishes_the_study_with_the_same_numbers(tmp_pat
     # result.json, before Snakemake recorded the job as finished. Each leaves Snakemake's lock behind;
     # (2) also leaves an existing output marked incomplete. A plain `make run` must then finish the study,
     # and the tables' deterministic columns must equal those of the uninterrupted `smoke_study`.
-    import pandas as pd
-
     folder = fresh_copy(tmp_path / "clone")
     log = tmp_path / "make-run.log"
 
@@ -215,19 +94,4 @@ def test_make_run_after_sigkill_finishes_the_study_with_the_same_numbers(tmp_pat
         assert (run / "result.json").exists(), run
         assert (run / "metrics.jsonl").read_text().splitlines()[0] == line, f"{run.name} started over"
 
-    # Numbers that do not depend on the machine's load: parameter counts, losses and perplexities, steps,
-    # token counts, model and run names (not times, memory peaks or the ratios made of them).
-    exact = {"table": ["model", "dataset", "params", "nonembedding_params", "metric", "value", "test_tokens", "steps",
-                       "deq_counterpart", "solver_code", "preset"],
-             "table4": ["weights", "deq_model", "explicit_model", "phase", "paper_ratio", "preset", "tokens"],
-             "size_sweep": ["family", "size", "driver", "model", "run", "dataset", "params", "nonembedding_params",
-                            "steps", "valid_ppl", "test_ppl", "test_tokens", "ppl_ratio", "preset"]}
-    for name in TABLES:
-        columns = exact.get(name.removesuffix(".csv"), exact["table"])
-        resumed = pd.read_csv(folder / "results" / name)[columns]
-        reference = pd.read_csv(smoke_study / "results" / name)[columns]
-        pd.testing.assert_frame_equal(resumed, reference, check_exact=False, rtol=1e-9, obj=name)
-        # and every measurement (times, memory) is there wherever the uninterrupted study has one
-        resumed, reference = pd.read_csv(folder / "results" / name), pd.read_csv(smoke_study / "results" / name)
-        assert list(resumed.columns) == list(reference.columns), name
-        pd.testing.assert_frame_equal(resumed.isna(), reference.isna(), obj=f"{name}: the empty cells")
+    assert_same_numbers(folder, smoke_study)

@@ -16,8 +16,9 @@ import yaml
 from deq.engine.config import config_from_dict
 from deq.engine.records import REQUIRED_METRIC_FIELDS, TRACE_FIELDS, read_jsonl
 
+from conftest import MIRROR, require_mirror
+
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = REPO.parent / "shared" / "data"
 
 COPY = dict(model="copy-deq-transformer", preset="smoke", seed=3, batch_size=8, lr=0.01, clip=1.0, copy_T=60,
             copy_n_train=256, copy_n_test=16, eval_batch_size=16)
@@ -50,8 +51,8 @@ def test_sigkill_and_resume_continue_the_same_loss_trajectory(tmp_path, task):
     # A preempted job must pick up exactly where its last checkpoint left it: model, optimiser,
     # schedule, every RNG, the data position and the segment memory. Anything missing shows up as
     # a loss that differs from the uninterrupted run's in some later step (compared bit for bit).
-    if task == "ptb" and not MIRROR.exists():
-        pytest.skip(f"no data mirror at {MIRROR}")
+    if task == "ptb":
+        require_mirror("ptb")
     config = {**(COPY if task == "copy" else PTB), "max_steps": 24, "checkpoint_every": 5, "warmup_steps": 3}
     finish(run(config, tmp_path / "whole"))
     killed = run(config, tmp_path / "killed")
@@ -99,8 +100,9 @@ def test_two_process_ddp_gives_the_one_process_gradient(tmp_path, model):
             assert (flat - flat_reference).norm() <= 1e-2 * flat_reference.norm(), other
 
 
-def test_run_folder_holds_documented_records(tmp_path):
-    # Figures and tables are drawn from these files later: every documented field must be there.
+def test_run_folder_holds_every_documented_field_with_this_runs_values(tmp_path):
+    # Figures and tables are drawn from these files later: every documented field must be there, and
+    # hold what this run did on this machine.
     config = {**COPY, "max_steps": 4, "trace_every": 2, "eval_every": 2}
     finish(run(config, tmp_path / "run"))
     out = tmp_path / "run"
@@ -108,10 +110,26 @@ def test_run_folder_holds_documented_records(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(set(REQUIRED_METRIC_FIELDS) <= set(m) for m in metrics)
     assert "valid_loss" in metrics[1] and "valid_loss" not in metrics[0]
-    assert metrics[0]["nvml"] is False or torch.cuda.is_available()
+    # Throughput counts tokens: 8 sequences of T + 20 = 80 symbols per step (the copy task's length).
+    for m in metrics:
+        assert m["tokens_per_s"] * m["step_time_s"] == pytest.approx(8 * (60 + 20), rel=1e-9), m["step"]
+    # The memory columns say what measured them: a CPU run has no GPU number and says why NVML is unused;
+    # a GPU run has the allocator's peak.
+    first = metrics[0]
+    if torch.cuda.is_available():
+        assert first["cuda_max_allocated_bytes"] > 0 and (first["nvml"] or first["nvml_reason"])
+    else:
+        assert first["nvml"] is False and first["nvml_reason"] == "CUDA not available"
+        assert all(first[key] is None for key in ("gpu_process_peak_bytes", "gpu_device_peak_bytes",
+                                                  "cuda_max_allocated_bytes", "cuda_max_reserved_bytes"))
+    assert first["saved_activation_bytes"] > 0 and first["rss_peak_bytes"] > 0
     traces = read_jsonl(out / "traces.jsonl")
     assert {(t["step"], t["phase"]) for t in traces} == {(s, p) for s in (1, 2, 4) for p in ("forward", "backward")}
     assert all(set(TRACE_FIELDS) <= set(t) for t in traces)
+    # Both files describe the same solves: a step's iteration counts agree between them.
+    by_step = {m["step"]: m for m in metrics}
+    for t in traces:
+        assert t["n_iter"] == by_step[t["step"]]["fwd_iters" if t["phase"] == "forward" else "bwd_iters"], t
     result = json.loads((out / "result.json").read_text())
     assert {"valid_loss", "test_loss", "rss_peak_bytes", "saved_activation_bytes"} <= set(result)
     meta = json.loads((out / "metadata.json").read_text())
@@ -181,8 +199,7 @@ def test_kept_checkpoints_and_a_changed_config_is_refused(tmp_path):
 
 
 def test_test_tokens_are_capped_and_reported(tmp_path):
-    if not MIRROR.exists():
-        pytest.skip(f"no data mirror at {MIRROR}")
+    require_mirror("ptb")
     cfg = config_from_dict({**PTB, "max_steps": 1, "test_max_tokens": 300, "data_root": str(tmp_path / "data")})
     import deq.train as train_module
 
