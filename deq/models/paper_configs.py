@@ -1,6 +1,7 @@
-"""The registry data: one :class:`~deq.models.configs.LMConfig` per row of Tables 2-3 the paper trains.
+"""The registry data: one :class:`~deq.models.lm_config.LMConfig` per row of Tables 2-3 the paper trains.
 
-Read :mod:`deq.models.configs` for what the fields mean and how a row becomes a model; this file is
+Read :mod:`deq.models.lm_config` for what the fields mean and :mod:`deq.models.configs` for the presets
+and how a row becomes a model (that module serves these rows; this one never imports it). This file is
 only the rows, in the paper's order, each with its ``derivation``. Only two configurations were
 released (the WT103 DEQ-Transformer medium adaptive and DEQ-TrellisNet scripts); every other row
 reuses the nearest released recipe and solves its widths from the paper's parameter counts, with
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from deq.models.configs import DATASETS, LMConfig
 from deq.models.drivers import SolverSettings
+from deq.models.lm_config import DATASETS, LMConfig
 from deq.models.transformer import TransformerCellConfig
 from deq.models.trellis import TrellisCellConfig
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from deq.io import atomic_write_text
-from deq.models.configs import LMConfig, build_model, get_config
+from deq.models.configs import CONFIGS, COPY_CONFIGS, LMConfig, build_model, get_config
 from deq.models.lm import LanguageModel
 
 __all__ = ["TOLERANCE", "CountRow", "count_config", "count_parameters", "measure", "render_markdown"]
@@ -72,8 +72,6 @@ class CountRow:
 
 def measure(names: list[str] | None = None) -> list[CountRow]:
     """Counts of the named rows (default: every registered row, in the paper's order) at the paper preset."""
-    from deq.models.configs import CONFIGS
-
     rows = []
     for name in CONFIGS if names is None else names:
         cfg = get_config(name)
@@ -85,8 +83,6 @@ def measure(names: list[str] | None = None) -> list[CountRow]:
 
 def copy_rows() -> list[tuple[str, int, int]]:
     """(name, measured params, paper params) of every Table 1 row."""
-    from deq.models.configs import COPY_CONFIGS
-
     return [(name, sum(p.numel() for p in row.build().parameters()), row.paper_params)
             for name, row in COPY_CONFIGS.items()]
 
@@ -101,8 +97,6 @@ def _percent(measured: int, paper: int) -> str:
 
 def render_markdown(rows: list[CountRow]) -> str:
     """The Markdown page of docs/params.md; raises if a row off by more than TOLERANCE has no note."""
-    from deq.models.configs import CONFIGS
-
     for row in rows:
         if not row.within_tolerance and not row.note:
             raise ValueError(f"{row.name!r} counts {row.total:,} / {row.non_embedding:,} against the paper's "
