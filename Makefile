@@ -2,9 +2,13 @@
 # PRESET is one of smoke, cpu, paper (config/README.md); CORES is passed to snakemake; GPUS is the
 # machine's GPU count (what nvidia-smi lists; 0 without one); MIRROR is a local copy of the corpora
 # (config key data_mirror), by default ../shared/data where that folder exists, else none (download).
+# PROFILE is default (this machine) or slurm (every job submitted to SLURM: profiles/slurm/config.yaml);
+# SNAKEMAKE_ARGS are more options for the study's snakemake (e.g. "--set-threads train=2").
 VENV   ?= .venv
 PYTHON ?= python3
 PRESET ?= cpu
+PROFILE ?= default
+SNAKEMAKE_ARGS ?=
 CORES  ?= 2
 GPUS   ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 MIRROR ?= $(abspath $(wildcard ../shared/data))
@@ -12,7 +16,7 @@ MIRROR ?= $(abspath $(wildcard ../shared/data))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run locked-run test bench gpu-bench paper-memory paper-runtime clean
+.PHONY: run locked-run test test-slurm bench gpu-bench paper-memory paper-runtime clean
 
 # --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
 # After a crash (SIGKILL, power loss) `make run` simply finishes the study: it holds RUN_LOCK for the
@@ -21,15 +25,27 @@ SHELL := bash
 # the profile's rerun-incomplete reruns the killed jobs, and training resumes from its checkpoint.
 # Not covered: a `snakemake` started by hand in this folder alongside a `make run` (it does not take
 # RUN_LOCK, and its Snakemake lock would be cleared): run one or the other.
+# With PROFILE=slurm the same holds for the submitting Snakemake (its jobs keep running when it is
+# killed): the rerun first cancels the jobs the killed one left in the queue for this folder, then
+# resubmits what is unfinished (deq/engine/slurm.py); it asks for job states with squeue where the
+# cluster has no accounting database (sacct would never answer, and Snakemake would wait forever).
 RUN_LOCK := .snakemake/make-run.lock
 CONFIG    = --config preset=$(PRESET) $(if $(MIRROR),data_mirror=$(MIRROR))
+PROFILES  = default slurm
 run: $(VENV)/.installed
+	$(if $(filter $(PROFILE),$(PROFILES)),,$(error PROFILE=$(PROFILE) is not a profile; allowed: $(PROFILES)))
 	$(VENV)/bin/python -c "$$HOLD_LOCK" $(RUN_LOCK) $(MAKE) --no-print-directory locked-run
 
 # `make run`'s steps, run only under RUN_LOCK (do not call it directly).
 locked-run:
 	$(VENV)/bin/snakemake --unlock $(CONFIG)
-	$(VENV)/bin/snakemake all --keep-going --cores $(CORES) --resources gpu=$(or $(GPUS),0) $(CONFIG)
+ifeq ($(PROFILE),slurm)
+	$(VENV)/bin/python -m deq.engine.slurm cancel-orphans .
+	status=$$($(VENV)/bin/python -m deq.engine.slurm status-command) && \
+	$(VENV)/bin/snakemake all --keep-going --workflow-profile profiles/slurm --slurm-status-command $$status $(SNAKEMAKE_ARGS) $(CONFIG)
+else
+	$(VENV)/bin/snakemake all --keep-going --cores $(CORES) --resources gpu=$(or $(GPUS),0) $(SNAKEMAKE_ARGS) $(CONFIG)
+endif
 	$(VENV)/bin/snakemake --report results/report.html $(CONFIG)
 
 # HOLD_LOCK LOCKFILE COMMAND...: take an exclusive flock on LOCKFILE (or fail at once naming it and
@@ -55,6 +71,12 @@ export HOLD_LOCK
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
+
+# The live SLURM test alone (tests/test_slurm_live.py), after installing SLURM and munge from Debian's
+# packages where missing (root); `make test` runs it too wherever SLURM is installed.
+test-slurm: $(VENV)/.installed
+	bash tests/slurm/local_cluster.sh install
+	DEQ_TEST_SLURM=1 $(VENV)/bin/python -m pytest tests/test_slurm_live.py -s
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench solvers --preset $(PRESET)

@@ -27,6 +27,22 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Tables and figures read a few small files and take seconds: on a cluster they run on the submitting
+# machine instead of waiting in the queue as jobs of their own (profiles/slurm).
+localrules:
+    all,
+    table,
+    size_sweep_table,
+    tables_markdown,
+    fig2_convergence,
+    fig2_solver_iterations,
+    fig3_sweep,
+    memory_bars,
+    memory_vs_depth,
+    size_sweep,
+    training_curves,
+
+
 rule all:
     input:
         expand("results/table{n}.csv", n=(1, 2, 3, 4)),

@@ -170,12 +170,35 @@ def test_one_table_needs_only_its_own_runs(tmp_path):
     assert counts == {"benchmark": "1", "prepare_data": "1", "table": "2", "train": "2", "total": "6"}, counts
 
 
-def test_slurm_profile_plans_the_paper_study(tmp_path):
+def planned_resources(dry_run: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job in a dry run's plan."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run):
+        rule, listed = re.match(r"(?:local)?rule (\w+):", block), re.search(r"^\s*resources: (.*)$", block, re.M)
+        if rule and listed:
+            jobs.append((rule.group(1), dict(item.split("=", 1) for item in listed.group(1).split(", "))))
+    return jobs
+
+
+@pytest.mark.parametrize("use_gpus", ["always", "never"])
+def test_slurm_profile_asks_for_the_studys_gpus_or_none(tmp_path, use_gpus):
+    # The paper study planned through profiles/slurm with 2 GPUs per run: on a GPU cluster every training
+    # job asks SLURM for 2 GPUs (not capped by profiles/default's one-machine count) and every evaluation
+    # and benchmark job for 1, all in the gpu partition; on a cluster without GPUs none asks for one (a GPU
+    # request there would wait forever). Everything else runs in the cpu partition without GPUs.
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    result = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "all", "--dry-run", preset="paper",
-                       timeout=300)
+    result = snakemake(tmp_path, "--workflow-profile", str(REPO / "profiles" / "slurm"), "all", "--dry-run",
+                       preset="paper", config=(f"use_gpus={use_gpus}", "gpus_per_run=2"), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train" in result.stdout
+    jobs = planned_resources(result.stdout)
+    gpu_rules = {"train": 2, "convergence": 1, "sweep": 1, "runtime_trained": 1, "benchmark": 1}
+    assert {rule for rule, _ in jobs} >= set(gpu_rules) | {"prepare_data", "table"}, sorted({r for r, _ in jobs})
+    assert sum(rule == "train" for rule, _ in jobs) == 16
+    for rule, resources in jobs:
+        wanted = gpu_rules.get(rule, 0) if use_gpus == "always" else 0
+        assert int(resources.get("gpu", 0)) == wanted, (rule, resources)
+        assert resources["slurm_partition"] == ("gpu" if rule in gpu_rules else "cpu"), (rule, resources)
+        assert resources["slurm_account"] == "your-account" and "gpu_model" not in resources, (rule, resources)
 
 
 def test_lint_is_clean(tmp_path):

@@ -21,7 +21,7 @@ rule benchmark:
         name="|".join(BENCHMARKS),
     threads: all_cores()
     resources:
-        gpu=GPUS_PER_RUN and 1,
+        gpu=gpus(1),
     conda:
         "../envs/deq.yaml"
     script:
@@ -38,7 +38,7 @@ rule paper_memory:
         "results/logs/benchmark/paper_memory.log",
     threads: all_cores()
     resources:
-        gpu=GPUS_PER_RUN and 1,
+        gpu=gpus(1),
     conda:
         "../envs/deq.yaml"
     shell:

@@ -1,10 +1,11 @@
 # Helper functions shared by the rules; no rules here. The study itself (runs and budgets per preset)
 # is deq/study.py, so the tests and the workflow read one definition.
+import functools
 import os
 
 from snakemake.exceptions import WorkflowError
 
-from deq.engine.gpus import visible_gpus
+from deq.engine.gpus import slurm_has_gpus, visible_gpus
 from deq.models.configs import CONFIGS
 from deq.study import FIGURE2_RUNS, FIGURE3_RUNS, dataset_of, not_trained, size_sweep, study
 
@@ -15,8 +16,24 @@ SIZE_SWEEP = size_sweep(PRESET)  # (family, size, DEQ run, explicit run)
 FIGURE3_RUN = FIGURE3_RUNS[PRESET]
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")
 DEQ_LM_RUNS = [name for name, run in STUDY.items() if run.row in CONFIGS and CONFIGS[run.row].driver == "deq"]
-# A job asks for GPUs only where there are some, so that a CPU machine runs jobs side by side.
-GPUS_PER_RUN = config["gpus_per_run"] if visible_gpus() else 0
+
+
+@functools.cache
+def use_gpus():
+    """Whether jobs ask for GPUs (config key use_gpus; auto: where there are some, so that a CPU machine
+    or a CPU-only cluster runs jobs side by side instead of waiting for GPUs that never come). Asked
+    when the jobs are made, when the executor is known (not yet while this file is read)."""
+    if config["use_gpus"] != "auto":
+        return config["use_gpus"] == "always"
+    plugin = workflow.executor_plugin
+    if plugin is not None and plugin.name == "slurm":  # the submitting host need not have the GPUs
+        return slurm_has_gpus()
+    return bool(visible_gpus())
+
+
+def gpus(count):
+    """The ``gpu`` resource of a job that uses ``count`` GPUs where jobs use GPUs, else 0."""
+    return lambda wildcards: count if use_gpus() else 0
 
 
 def all_cores():

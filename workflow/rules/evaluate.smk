@@ -16,7 +16,7 @@ rule convergence:
         n_evals={"smoke": 6, "cpu": 60, "paper": 350}[PRESET],
     threads: 1
     resources:
-        gpu=GPUS_PER_RUN and 1,
+        gpu=gpus(1),
     conda:
         "../envs/deq.yaml"
     script:
@@ -39,7 +39,7 @@ rule sweep:
         max_tokens={"smoke": 64, "cpu": 5_000, "paper": None}[PRESET],
     threads: 1
     resources:
-        gpu=GPUS_PER_RUN and 1,
+        gpu=gpus(1),
     conda:
         "../envs/deq.yaml"
     script:
@@ -64,7 +64,7 @@ rule runtime_trained:
         rounds={"smoke": 2, "cpu": 6, "paper": 6}[PRESET],
     threads: all_cores()
     resources:
-        gpu=GPUS_PER_RUN and 1,
+        gpu=gpus(1),
     conda:
         "../envs/deq.yaml"
     script:

@@ -19,7 +19,7 @@ rule train:
         run="|".join(STUDY),
     threads: 1
     resources:
-        gpu=GPUS_PER_RUN,
+        gpu=gpus(config["gpus_per_run"]),
     conda:
         "../envs/deq.yaml"
     script:
