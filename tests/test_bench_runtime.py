@@ -197,3 +197,27 @@ def test_gpu_script_refuses_paper_scale_without_a_gpu(tmp_path):
     from deq.bench.gpu import main
 
     assert main(["--out", str(tmp_path)]) == 2
+
+
+def test_timed_solves_take_every_setting_the_training_step_uses(monkeypatch):
+    # The breakdown times the forward and backward solves on their own; each must run with exactly the
+    # arguments the DEQ driver gives them in a training step (SolverSettings.forward_args / backward_args),
+    # or Table 4's breakdown times a different solver than its steps: before, the backward's history bound
+    # (backward_options) and the forward's solver options were dropped here.
+    from dataclasses import replace
+
+    import deq
+    from deq.bench.runtime import solver_breakdown
+    from deq.models.configs import build_model, get_config
+
+    row = get_config("wt103-deq-transformer-small", "smoke")
+    settings = replace(row.solver, solver="anderson", solver_options={"m": 3}, backward_solver="broyden",
+                       backward_options={"m": 4})
+    torch.manual_seed(0)
+    model = build_model(replace(row, solver=settings))
+    batch = (torch.randint(0, row.n_token, (2, 6)), torch.randint(0, row.n_token, (2, 6)))
+    calls, real = [], deq.solve
+    monkeypatch.setattr(deq, "solve", lambda f, z0, **kwargs: calls.append(kwargs) or real(f, z0, **kwargs))
+    solver_breakdown(model, settings, batch, None, "train", repeats=1, device="cpu")
+    assert calls == [settings.forward_args(training=True), settings.backward_args()]
+    assert calls[0]["m"] == 3 and calls[1]["m"] == 4 and calls[1]["solver"] == "broyden"

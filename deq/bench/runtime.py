@@ -218,8 +218,6 @@ def solver_breakdown(model: LanguageModel, settings: SolverSettings, batch: Batc
     cell, s = model.driver.cell, settings
     training = phase == "train"
     model.train(training)
-    solve_args = (dict(solver=s.solver, tol=s.tol, max_iter=s.max_iter) if training else
-                  dict(solver=s.eval_solver, tol=s.eval_tol, max_iter=s.eval_max_iter))
     out = {}
     with weights_computed_once(cell):
         x = model.embedding(batch[0])  # (B, T, d_model)
@@ -232,7 +230,7 @@ def solver_breakdown(model: LanguageModel, settings: SolverSettings, batch: Batc
 
         with torch.no_grad():
             out["f_ms"] = median_ms(lambda: f(z0), repeats, device)
-        runs = [timed(lambda: deq.solve(f, z0, **solve_args, stop_mode=s.stop_mode, **s.solver_options), device)
+        runs = [timed(lambda: deq.solve(f, z0, **s.forward_args(training)), device)
                 for _ in range(repeats)]
         z_star, stats = runs[-1][1]
         out["fwd_solve_ms"] = 1e3 * statistics.median(wall for wall, _ in runs)
@@ -252,9 +250,8 @@ def solver_breakdown(model: LanguageModel, settings: SolverSettings, batch: Batc
             return torch.autograd.grad(fz, z_star, y, retain_graph=True)[0] + grad
 
         out["vjp_ms"] = median_ms(lambda: vjp_plus_grad(grad), repeats, device)
-        runs = [timed(lambda: deq.solve(vjp_plus_grad, torch.zeros_like(grad), solver=s.backward_solver,
-                                        tol=s.backward_tol, max_iter=s.backward_max_iter, stop_mode=s.stop_mode),
-                      device) for _ in range(repeats)]
+        runs = [timed(lambda: deq.solve(vjp_plus_grad, torch.zeros_like(grad), **s.backward_args()), device)
+                for _ in range(repeats)]
         stats = runs[-1][1][1]
         out["bwd_solve_ms"] = 1e3 * statistics.median(wall for wall, _ in runs)
         out["bwd_solve_nfe"] = stats.nfe

@@ -51,6 +51,34 @@ class SolverSettings:
         check_solver_args(self.backward_solver, self.backward_tol, self.backward_max_iter, self.stop_mode,
                           self.backward_options)
 
+    # The one translation of these settings into solve arguments: the driver, the benchmarks that time a
+    # solve on its own, and evaluation all call these, so none can drop an option (the backward's
+    # history bound, a forward ridge) that the others pass.
+    def forward_args(self, training: bool) -> dict:
+        """``deq.solve`` arguments of the forward solve, in training or at evaluation.
+
+        >>> SolverSettings(solver="broyden", max_iter=20, solver_options={"m": 5}).forward_args(training=True)
+        {'solver': 'broyden', 'tol': 0.001, 'max_iter': 20, 'stop_mode': 'rel', 'm': 5}
+        """
+        solve = (dict(solver=self.solver, tol=self.tol, max_iter=self.max_iter) if training else
+                 dict(solver=self.eval_solver, tol=self.eval_tol, max_iter=self.eval_max_iter))
+        return {**solve, "stop_mode": self.stop_mode, **self.solver_options}
+
+    def backward_args(self) -> dict:
+        """``deq.solve`` arguments of the implicit backward's solve.
+
+        >>> SolverSettings(backward_max_iter=40, backward_options={"m": 8}).backward_args()
+        {'solver': 'broyden', 'tol': 1e-06, 'max_iter': 40, 'stop_mode': 'rel', 'm': 8}
+        """
+        return dict(solver=self.backward_solver, tol=self.backward_tol, max_iter=self.backward_max_iter,
+                    stop_mode=self.stop_mode, **self.backward_options)
+
+    def equilibrium_args(self, training: bool) -> dict:
+        """``deq.equilibrium`` arguments: the forward solve's, and the backward with its own solver."""
+        return {**self.forward_args(training), "backward": self.backward, "backward_solver": self.backward_solver,
+                "backward_tol": self.backward_tol, "backward_max_iter": self.backward_max_iter,
+                "backward_options": dict(self.backward_options)}
+
 
 class ChunkedInfo:
     """The :class:`deq.EquilibriumInfo` of a segment solved in chunks, read like one: ``forward`` and
@@ -92,11 +120,9 @@ class DEQDriver(nn.Module):
     def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
         """x: (B, T, d_embed) embeddings of one segment; memory: the previous segment's, or None."""
         s = self.settings
-        solve = (dict(solver=s.solver, tol=s.tol, max_iter=s.max_iter) if self.training else
-                 dict(solver=s.eval_solver, tol=s.eval_tol, max_iter=s.eval_max_iter))
-        backward = s.backward
+        solve = s.equilibrium_args(self.training)
         if self.explicit_depth is not None:
-            solve["max_iter"], backward = self.explicit_depth, "unrolled"
+            solve["max_iter"], solve["backward"] = self.explicit_depth, "unrolled"
         with weights_computed_once(self.cell):  # weight norm once per call, not per iteration
             injection = self.cell.inject(x, memory)
             z0 = self.cell.init_state(injection)
@@ -107,10 +133,7 @@ class DEQDriver(nn.Module):
             for start in range(0, T, chunk):
                 part = slice(start, start + chunk)
                 z, info = deq.equilibrium(
-                    lambda z, u=injection[:, part], m=chunk_memory: self.cell(z, u, m), z0[:, part], **solve,
-                    stop_mode=s.stop_mode, backward=backward, backward_solver=s.backward_solver,
-                    backward_tol=s.backward_tol, backward_max_iter=s.backward_max_iter,
-                    backward_options=s.backward_options, **s.solver_options)
+                    lambda z, u=injection[:, part], m=chunk_memory: self.cell(z, u, m), z0[:, part], **solve)
                 zs.append(z)
                 infos.append(info)
                 if start + chunk < T:  # the next chunk attends to this one (graph kept: gradients cross)
