@@ -57,6 +57,16 @@ stop() {
         done
         rm -f "$dir/$daemon.pid"
     done
+    # A job's processes can outlive it: a step suspended, then cancelled, may leave its program running
+    # without a parent. They carry this cluster's SLURM_CONF in their environment; nothing else does.
+    local environ pid
+    for environ in /proc/[0-9]*/environ; do
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        if [[ $pid != "$$" ]] && { tr '\0' '\n' < "$environ"; } 2>/dev/null | grep -qxF "SLURM_CONF=$dir/slurm.conf"; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
     if [[ -f $ETC_CONF ]] && [[ $(head -n1 "$ETC_CONF") == "$MARK" ]]; then
         rm -f "$ETC_CONF"
     fi
