@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,22 +39,6 @@ def visible_gpus() -> list[str]:
             pynvml.nvmlShutdown()
     except Exception:  # no NVML library, no driver, or no device: a CPU machine
         return []
-
-
-def slurm_has_gpus() -> bool:
-    """Whether any node of the SLURM cluster this machine submits to has a ``gpu`` GRES (``sinfo``).
-
-    Raises ``RuntimeError`` with sinfo's own message where it cannot be asked (not installed, or the
-    controller does not answer), since guessing would submit jobs that wait forever or waste GPUs.
-    """
-    try:
-        listed = subprocess.run(["sinfo", "--noheader", "--format=%G"], capture_output=True, text=True,
-                                timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", None) or error
-        raise RuntimeError(f"use_gpus=auto under SLURM asks sinfo whether the cluster has GPUs, and sinfo "
-                           f"failed: {str(detail).strip()}; set use_gpus=true or use_gpus=false") from error
-    return any(gres.startswith("gpu") for line in listed.split() for gres in line.split(","))
 
 
 def lock_dir() -> Path:

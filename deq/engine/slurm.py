@@ -1,4 +1,6 @@
-"""What `make run PROFILE=slurm` asks the cluster before it submits (standard library and SLURM commands only).
+"""What the workflow asks the SLURM cluster before it submits (standard library and SLURM commands only).
+
+- :func:`has_gpus`: whether any node has a ``gpu`` GRES (``sinfo``), for the config's ``use_gpus: auto``.
 
 - :func:`status_command`: how Snakemake's SLURM executor should ask for job states. Its default,
   ``sacct``, needs the accounting database; on a cluster without one, sacct answers "Slurm accounting
@@ -25,12 +27,26 @@ import time
 
 
 def _run(*command: str) -> str:
+    """A SLURM command's output; RuntimeError with its own message where it cannot be run or fails."""
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
     except FileNotFoundError:
-        sys.exit(f"{command[0]} not found: PROFILE=slurm runs on a SLURM submit host (sbatch, squeue, scontrol)")
-    except subprocess.CalledProcessError as error:
-        sys.exit(f"{' '.join(command)} failed: {error.stderr.strip()}")
+        raise RuntimeError(f"{command[0]} not found: this must run on a SLURM submit host (sinfo, squeue, "
+                           f"scontrol, scancel)") from None
+    except subprocess.SubprocessError as error:
+        detail = (getattr(error, "stderr", None) or str(error)).strip()
+        raise RuntimeError(f"{' '.join(command)} failed: {detail}") from None
+
+
+def has_gpus() -> bool:
+    """Whether any node of the cluster has a ``gpu`` GRES. Raises ``RuntimeError`` where sinfo cannot be
+    asked, since guessing would submit jobs that wait forever for GPUs or leave them idle."""
+    try:
+        listed = _run("sinfo", "--noheader", "--format=%G")
+    except RuntimeError as error:
+        raise RuntimeError(f"use_gpus=auto under SLURM asks sinfo whether the cluster has GPUs: {error}; set "
+                           f"use_gpus=always or use_gpus=never") from None
+    return any(gres.startswith("gpu") for line in listed.split() for gres in line.split(","))
 
 
 def status_command() -> str:
@@ -64,8 +80,8 @@ def cancel_orphans(folder: str, timeout: float = 300) -> list[str]:
     while (left := set(queued_jobs(folder)) & set(jobs)) and time.monotonic() < deadline:
         time.sleep(1)
     if left:
-        sys.exit(f"jobs {' '.join(sorted(left))} still in the queue {timeout:.0f} s after scancel; "
-                 f"check them with squeue and rerun")
+        raise RuntimeError(f"jobs {' '.join(sorted(left))} still in the queue {timeout:.0f} s after scancel; "
+                           f"check them with squeue and rerun")
     return jobs
 
 
@@ -76,10 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     orphans = commands.add_parser("cancel-orphans", help="cancel this user's queued jobs working in DIR")
     orphans.add_argument("folder", metavar="DIR")
     args = parser.parse_args(argv)
-    if args.command == "status-command":
-        print(status_command())
-    else:
-        cancel_orphans(args.folder)
+    try:
+        if args.command == "status-command":
+            print(status_command())
+        else:
+            cancel_orphans(args.folder)
+    except RuntimeError as error:
+        sys.exit(str(error))
 
 
 if __name__ == "__main__":
