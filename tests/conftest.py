@@ -171,12 +171,14 @@ def incomplete(folder: Path) -> set[str]:
 
 
 def kill_when(process: subprocess.Popen, folder: Path, state: Callable[[], object], what: str, log: Path,
-              timeout: float = 900):
+              timeout: float = 900, freeze_others: Callable[[], Callable[[], object]] = lambda: lambda: None):
     """SIGKILL the whole run at the first moment ``state()`` is true; return its value at that moment.
 
     The run is frozen (SIGSTOP) while the state is checked a second time, so what it returns is what the
-    run was killed in; if the state went by in between, the run continues and the wait goes on. It returns
-    once the killed processes have let go of ``folder``'s run lock."""
+    run was killed in; if the state went by in between, the run continues and the wait goes on. Processes
+    of the run outside its process group (SLURM's jobs) are frozen by ``freeze_others``, which returns how
+    to thaw them; they stay frozen after the kill. It returns once the killed processes have let go of
+    ``folder``'s run lock."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -184,6 +186,7 @@ def kill_when(process: subprocess.Popen, folder: Path, state: Callable[[], objec
                         + log.read_text(errors="replace")[-3000:])
         if state():
             os.killpg(process.pid, signal.SIGSTOP)
+            thaw_others = freeze_others()
             time.sleep(0.2)  # every process of the group has stopped
             found = state()
             if found:
@@ -191,6 +194,7 @@ def kill_when(process: subprocess.Popen, folder: Path, state: Callable[[], objec
                 process.wait()
                 wait_until_released(folder, process.pid)
                 return found
+            thaw_others()
             os.killpg(process.pid, signal.SIGCONT)
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)

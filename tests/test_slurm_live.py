@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import MAKE, REPO, assert_same_numbers, fresh_copy, interrupted_training, make_env, make_run, start
+from conftest import (MAKE, REPO, assert_same_numbers, fresh_copy, interrupted_training, kill_when, make_env,
+                      make_run, start)
 
 SCRIPT = REPO / "tests" / "slurm" / "local_cluster.sh"
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "munged")
@@ -65,34 +65,15 @@ def submitted(text: str) -> int:
     return len(re.findall(r"has been submitted with SLURM jobid", text))
 
 
-def kill_submitter_in_training(process: subprocess.Popen, folder: Path, log: Path, timeout: float = 900) -> list[Path]:
-    """SIGKILL make and the submitting Snakemake at the first moment a training job is between its checkpoint
-    and its result; return those jobs' run folders.
-
-    The jobs run under SLURM, outside the test's process group, so to hold that moment they are suspended
-    (`scontrol suspend`: SIGSTOP) while it is checked a second time; they stay suspended after the kill,
-    as a job would be that the crash interrupted, until the rerun cancels them."""
+def suspend_jobs(folder: Path):
+    """Suspend the study's SLURM jobs (`scontrol suspend`: SIGSTOP) and return how to resume them: they run
+    outside the test's process group, so freezing make and Snakemake does not hold them still. Pending
+    jobs refuse to be suspended, which is fine: they are not running."""
     from deq.engine.slurm import queued_jobs
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the study ended (exit {process.returncode}) before a training job had a checkpoint:\n"
-                        + log.read_text(errors="replace")[-3000:])
-        if interrupted_training(folder):
-            jobs = queued_jobs(str(folder))
-            subprocess.run(["scontrol", "suspend", *jobs], capture_output=True)  # pending ones refuse: fine
-            time.sleep(0.2)
-            found = interrupted_training(folder)
-            if found:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return found
-            subprocess.run(["scontrol", "resume", *jobs], capture_output=True)
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    pytest.fail(f"no training job with a checkpoint within {timeout:.0f} s")
+    jobs = queued_jobs(str(folder))
+    subprocess.run(["scontrol", "suspend", *jobs], capture_output=True)
+    return lambda: subprocess.run(["scontrol", "resume", *jobs], capture_output=True)
 
 
 def test_make_run_on_slurm_after_a_killed_submitter_gives_the_local_numbers(cluster, smoke_study, tmp_path):
@@ -102,7 +83,10 @@ def test_make_run_on_slurm_after_a_killed_submitter_gives_the_local_numbers(clus
     log = tmp_path / "make-run.log"
     begin = time.perf_counter()
     first = start(folder, log, *SLURM_RUN)
-    killed_in = kill_submitter_in_training(first, folder, log)
+    # SIGKILL make and the submitting Snakemake the moment a training job is between its checkpoint and its
+    # result; that job stays suspended, as one the crash interrupted would be, until the rerun cancels it.
+    killed_in = kill_when(first, folder, lambda: interrupted_training(folder), "a training job with a checkpoint",
+                          log, freeze_others=lambda: suspend_jobs(folder))
     killed_after = time.perf_counter() - begin
     orphans = queued_jobs(str(folder))
     first_lines = {run: (run / "metrics.jsonl").read_text().splitlines()[0] for run in killed_in
