@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deq.equilibrium import EquilibriumInfo
+from deq.layer import EquilibriumInfo
 from deq.models.cell import Cell, Memory
 from deq.models.drivers import DriverOutput
 from deq.models.layers import weights_computed_once
@@ -41,7 +41,10 @@ class WeightTiedDriver(nn.Module):
         self.cell, self.n_layer, self.mem_len = cell, n_layer, mem_len
         self.checkpoint, self.aux_every, self.report_tol = checkpoint, aux_every, report_tol
 
-    def forward(self, x: torch.Tensor, memory: Memory | None = None) -> DriverOutput:
+    def forward(self, x: torch.Tensor, memory: Memory | None = None, n_layer: int | None = None,
+                mem_len: int | None = None) -> DriverOutput:
+        """``n_layer`` and ``mem_len``, where given, replace the driver's own for this call only."""
+        n_layer = self.n_layer if n_layer is None else n_layer
         # Checkpointed layers recompute in the backward, outside any weight cache, so with
         # checkpointing each layer computes its weight-norm weights itself (a small cost per layer).
         with nullcontext() if self.checkpoint else weights_computed_once(self.cell):
@@ -49,17 +52,18 @@ class WeightTiedDriver(nn.Module):
             z = self.cell.init_state(injection)
             self.cell.reset_dropout(z)
             trace, aux = Trace("weight_tied", self.cell, z.detach().flatten(1), self.report_tol, "rel"), []
-            for layer in range(1, self.n_layer + 1):
+            for layer in range(1, n_layer + 1):
                 if self.checkpoint and torch.is_grad_enabled():
                     fz = checkpoint(self.cell, z, injection, memory, use_reentrant=False)
                 else:
                     fz = self.cell(z, injection, memory)
                 trace.observe(z, fz)
                 z = fz
-                if self.training and self.aux_every and layer % self.aux_every == 0 and layer < self.n_layer:
+                if self.training and self.aux_every and layer % self.aux_every == 0 and layer < n_layer:
                     aux.append(self.cell.readout(z))
             h = self.cell.readout(z)
-        next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory, self.mem_len)
+        next_memory = self.cell.next_memory(z.detach(), injection.detach(), x.detach(), memory,
+                                            self.mem_len if mem_len is None else mem_len)
         return DriverOutput(h, z, next_memory, EquilibriumInfo(trace.finish()[1], "weight_tied"), aux)
 
 
@@ -72,8 +76,9 @@ class UntiedStackDriver(nn.Module):
             raise ValueError("UntiedStackDriver needs at least one cell, got an empty list")
         self.cells, self.mem_len = nn.ModuleList(cells), mem_len
 
-    def forward(self, x: torch.Tensor, memory: tuple[Memory, ...] | None = None) -> DriverOutput:
-        memory = memory or (None,) * len(self.cells)
+    def forward(self, x: torch.Tensor, memory: tuple[Memory, ...] | None = None,
+                mem_len: int | None = None) -> DriverOutput:
+        memory, mem_len = memory or (None,) * len(self.cells), self.mem_len if mem_len is None else mem_len
         next_memory = []
         with weights_computed_once(self.cells):
             z = None
@@ -82,7 +87,7 @@ class UntiedStackDriver(nn.Module):
                 z = cell.init_state(injection) if z is None else z
                 cell.reset_dropout(z)
                 next_memory.append(cell.next_memory(z.detach(), injection.detach(), x.detach(), layer_memory,
-                                                    self.mem_len))
+                                                    mem_len))
                 z = cell(z, injection, layer_memory)
             h = self.cells[-1].readout(z)
         return DriverOutput(h, z, tuple(next_memory), None)

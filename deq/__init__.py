@@ -4,10 +4,33 @@ The library takes a function ``f`` and a starting point; it knows nothing about 
 
 - :func:`solve`: batched fixed-point solve, no graph, returns ``(z_star, SolverStats)``.
 - :func:`equilibrium`: forward solve plus the chosen backward (implicit, phantom, jfb, unrolled).
+- :class:`SolverSettings` (:mod:`deq.settings`): every setting of a DEQ's solves, in one record.
+
+The names are loaded on first use (PEP 562), so that importing a torch-free part of the project
+(``deq.settings``, the row registry ``deq.rows``, the study ``deq.study``) does not import torch:
+the workflow plans the study that way.
 """
 
-from .equilibrium import BACKWARDS, EquilibriumInfo, equilibrium
-from .solvers import SOLVERS, STOP_MODES, SolverStats, solve
+from __future__ import annotations
 
-__all__ = ["BACKWARDS", "SOLVERS", "STOP_MODES", "EquilibriumInfo", "SolverStats", "equilibrium", "solve"]
+import importlib
+
+__all__ = ["BACKWARDS", "SOLVERS", "STOP_MODES", "EquilibriumInfo", "SolverSettings", "SolverStats", "equilibrium",
+           "solve"]
 __version__ = "0.1.0"
+
+_HOME = {"BACKWARDS": "deq.settings", "STOP_MODES": "deq.settings", "SolverSettings": "deq.settings",
+         "SOLVERS": "deq.solvers", "SolverStats": "deq.solvers", "solve": "deq.solvers",
+         "EquilibriumInfo": "deq.layer", "equilibrium": "deq.layer"}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'deq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

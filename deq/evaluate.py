@@ -16,26 +16,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from deq.settings import SolverSettings
+
 
 @torch.no_grad()
 def perplexity(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: int, mem_len: int | None = None,
-               max_tokens: int | None = None, device: torch.device | str = "cpu", infos: list | None = None) -> float:
+               max_tokens: int | None = None, device: torch.device | str = "cpu", infos: list | None = None,
+               settings: SolverSettings | None = None) -> float:
     """exp of the token-weighted mean loss over ``tokens`` (or its first ``max_tokens``).
 
     The stream is cut into ``batch_size`` contiguous streams and read in segments of ``tgt_len``,
     the segment memory carried from one to the next (``mem_len`` overrides the model's own), in eval
-    mode, so the model's evaluation solver settings apply. ``infos``, if given, receives each
-    segment's solver record.
+    mode, so the model's evaluation solver settings apply (``settings``, a DEQ's only, replace them
+    for this evaluation; the model is not changed). ``infos``, if given, receives each segment's
+    solver record.
     """
     from deq.data import batchify
 
     if max_tokens is not None:
         tokens = tokens[: max_tokens + 1]
     streams = batchify(tokens, batch_size).to(device)  # (B, N)
-    driver = model.driver
-    saved_mem_len, was_training = driver.mem_len, model.training
-    if mem_len is not None:
-        driver.mem_len = mem_len
+    overrides = {name: value for name, value in (("mem_len", mem_len), ("settings", settings)) if value is not None}
+    was_training = model.training
     model.eval()
     total, count, memory = 0.0, 0, None
     try:
@@ -43,14 +45,13 @@ def perplexity(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len: i
             inputs = streams[:, pos:pos + tgt_len]
             targets = streams[:, pos + 1:pos + 1 + tgt_len]
             inputs = inputs[:, : targets.size(1)]
-            out = model(inputs, targets, memory)
+            out = model(inputs, targets, memory, **overrides)
             total += out.nll.sum().item()
             count += targets.numel()
             memory = out.memory
             if infos is not None:
                 infos.append(out.info)
     finally:
-        driver.mem_len = saved_mem_len
         model.train(was_training)
     mean = total / count
     return math.exp(mean) if mean < 700 else math.inf  # a diverged model's perplexity, not an OverflowError
@@ -81,7 +82,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "checkpoint.pt"):
     """(model in eval mode, TrainConfig, LMConfig row, training step) of a language-model run's checkpoint."""
     from deq.engine.checkpoint import load_checkpoint
     from deq.engine.config import config_from_dict, lm_row
-    from deq.models.configs import build_model
+    from deq.rows.build import build_model
 
     saved = load_checkpoint(Path(run_dir) / checkpoint)
     cfg = config_from_dict(saved["config"], source=str(Path(run_dir) / checkpoint))
@@ -103,21 +104,13 @@ def convergence_curve(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     from deq.models.drivers import DEQDriver
 
     driver = model.driver
-    saved = (driver.settings, None) if isinstance(driver, DEQDriver) else (None, driver.n_layer)
     if isinstance(driver, DEQDriver):
         s = driver.settings
-        driver.settings = replace(s, eval_solver=s.solver, eval_tol=1e-30, eval_max_iter=n_evals)
+        out = model(inputs, targets, settings=replace(s, eval_solver=s.solver, eval_tol=1e-30, eval_max_iter=n_evals))
     elif hasattr(driver, "n_layer"):
-        driver.n_layer = n_evals
+        out = model(inputs, targets, n_layer=n_evals)
     else:
         raise TypeError(f"convergence needs a DEQ or weight-tied driver, got {type(driver).__name__}")
-    try:
-        out = model(inputs, targets)
-    finally:
-        if saved[0] is not None:
-            driver.settings = saved[0]
-        else:
-            driver.n_layer = saved[1]
     stats = out.info.forward
     return {"rel_residual": stats.rel_trace.mean(1).tolist(), "abs_residual": stats.abs_trace.mean(1).tolist()}
 
@@ -126,17 +119,13 @@ def solver_sweep(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len:
                  max_tokens: int | None = None, device: torch.device | str = "cpu") -> list[dict]:
     """Validation perplexity of a trained DEQ at each forward tolerance (cap: the row's evaluation cap)
     and at each cap (tolerance: the row's evaluation tolerance); one dict per point."""
-    driver, rows = model.driver, []
-    base = driver.settings
+    base, rows = model.driver.settings, []
     points = [("tol", tol, base.eval_max_iter) for tol in tols] + [("max_iter", base.eval_tol, cap) for cap in caps]
-    try:
-        for sweep, tol, cap in points:
-            driver.settings = replace(base, eval_tol=tol, eval_max_iter=cap)
-            infos: list = []
-            ppl = perplexity(model, tokens, batch_size, tgt_len, max_tokens=max_tokens, device=device, infos=infos)
-            rows.append({"sweep": sweep, "tol": tol, "max_iter": cap, "valid_ppl": ppl,
-                         "mean_nfe": float(np.mean([info.forward.nfe for info in infos])),
-                         "tokens": min(len(tokens) - 1, max_tokens or len(tokens))})
-    finally:
-        driver.settings = base
+    for sweep, tol, cap in points:
+        infos: list = []
+        ppl = perplexity(model, tokens, batch_size, tgt_len, max_tokens=max_tokens, device=device, infos=infos,
+                         settings=replace(base, eval_tol=tol, eval_max_iter=cap))
+        rows.append({"sweep": sweep, "tol": tol, "max_iter": cap, "valid_ppl": ppl,
+                     "mean_nfe": float(np.mean([info.forward.nfe for info in infos])),
+                     "tokens": min(len(tokens) - 1, max_tokens or len(tokens))})
     return rows

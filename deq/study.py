@@ -3,8 +3,8 @@
 A run's folder is ``results/runs/<preset>/<name>/`` (what :mod:`deq.train` writes there). The presets:
 
 - ``smoke``: one run per row of the paper's Tables 1-3 (the four copy-memory models of
-  :data:`deq.models.configs.COPY_CONFIGS`, the twelve word-level rows of
-  :data:`deq.models.configs.CONFIGS`), each the tiny ``smoke`` model trained 3 steps: the whole DAG
+  :data:`deq.rows.configs.COPY_CONFIGS`, the twelve word-level rows of
+  :data:`deq.rows.configs.CONFIGS`), each the tiny ``smoke`` model trained 3 steps: the whole DAG
   in minutes on a CPU. Its numbers check the plumbing only.
 - ``cpu`` (the default): the paper's first claim in miniature. One cell (the DEQ-Transformer small's)
   as a DEQ and as its weight-tied 16-layer stack (same cell, same parameters, the paper's pretraining
@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deq.engine.config import TrainConfig, config_from_dict, to_dict
-from deq.models.configs import COPY_CONFIGS, CONFIGS, CPU_WIDTH, PRESETS
+from deq.rows.configs import COPY_CONFIGS, CONFIGS, CPU_WIDTH, PRESETS
 
 STAND_IN = {"wikitext-103": "ptb"}  # corpus -> the one small presets train on instead (a 10,000-word vocabulary)
 PAIR = ("wt103-deq-transformer-small", "wt103-transformer-xl-small-tied-16")  # a DEQ and its weight-tied stack, one cell

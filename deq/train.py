@@ -59,7 +59,8 @@ from deq.engine.records import (MetricsWriter, TraceWriter, finish_metadata, rea
                                 solver_metrics, write_metadata)
 from deq.evaluate import copy_memory_loss, perplexity
 from deq.io import atomic_write_text, exclusive_lock
-from deq.models.configs import COPY_CONFIGS, build_model
+from deq.rows.build import build_copy_model, build_model
+from deq.rows.configs import COPY_CONFIGS
 
 DIVERGED_LOSS = math.log(sys.float_info.max)  # ~709.8 nats per token: beyond it exp(loss) overflows a float64
 
@@ -172,7 +173,7 @@ class CopyMemoryTask:
         self.row, self.pretrain_steps = COPY_CONFIGS[cfg.model], 0
 
     def build(self) -> nn.Module:
-        return self.row.build()
+        return build_copy_model(self.cfg.model)
 
     def set_step(self, model: nn.Module, step: int) -> None:
         pass

@@ -13,7 +13,8 @@ import torch
 
 from deq.bench import depth, memory
 from deq.engine.memory import AllocatorPeak
-from deq.models.configs import CONFIGS, build_cell, get_config
+from deq.rows.build import build_cell
+from deq.rows.configs import CONFIGS, get_config
 
 PROTOCOL_COLUMNS = ("name", "driver", "scale", "scale_reason", "method", "activation_bytes", "driver_activation_bytes",
                     "fwd_buffer_bytes", "bwd_buffer_bytes", "param_state_bytes", "total_bytes", "memory_bytes",

@@ -208,7 +208,8 @@ def test_timed_solves_take_every_setting_the_training_step_uses(monkeypatch):
 
     import deq
     from deq.bench.runtime import solver_breakdown
-    from deq.models.configs import build_model, get_config
+    from deq.rows.build import build_model
+    from deq.rows.configs import get_config
 
     row = get_config("wt103-deq-transformer-small", "smoke")
     settings = replace(row.solver, solver="anderson", solver_options={"m": 3}, backward_solver="broyden",

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deq.models.configs import CONFIGS, PRESETS, build_model, get_config
-from deq.models.params import count_parameters, measure, render_markdown
+from deq.rows.build import build_model
+from deq.rows.configs import CONFIGS, PRESETS, get_config
+from deq.rows.params import count_parameters, measure, render_markdown
 
 PARAMS_MD = Path(__file__).resolve().parents[1] / "docs" / "params.md"
 NAMES = list(CONFIGS)
@@ -63,7 +64,7 @@ def test_documented_counts_equal_the_code(name):
     # docs/params.md is what readers cite; a change to a config or a cell that is not regenerated
     # into it would make the documented counts silently wrong.
     row = measured()[name]
-    assert documented()[name] == (row.total, row.non_embedding), "rerun: python -m deq.models.params"
+    assert documented()[name] == (row.total, row.non_embedding), "rerun: python -m deq.rows.params"
 
 
 # The official scripts' models, counted with the paper-time code (locuslab/deq v1, 3fba434, DEQModel/):
@@ -82,7 +83,7 @@ def test_rows_with_an_official_script_count_exactly_what_it_builds(name):
 
 def test_docs_page_is_exactly_what_the_command_writes():
     # The notes and derivations on the page must also come from the registry, never be typed by hand.
-    assert PARAMS_MD.read_text() == render_markdown(list(measured().values())), "rerun: python -m deq.models.params"
+    assert PARAMS_MD.read_text() == render_markdown(list(measured().values())), "rerun: python -m deq.rows.params"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -133,7 +134,7 @@ def test_cpu_preset_keeps_each_pairs_parameter_ratio(width):
     # non-embedding parameters at the paper's widths (the old rule clipped d_inner and quartered the
     # depth, leaving the medium DEQ-Transformer 26% smaller than its Transformer-XL).
     from deq.bench.memory import PAIRS
-    from deq.models.params import count_config
+    from deq.rows.params import count_config
 
     for deq_name, counterparts in PAIRS.items():
         for name in counterparts:

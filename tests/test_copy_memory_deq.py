@@ -3,7 +3,7 @@
 import torch
 
 from deq.models.copy_memory import PAPER_PARAMS, DEQCopyConfig, DEQCopyModel
-from deq.models.drivers import SolverSettings
+from deq.settings import SolverSettings
 from test_copy_memory_models import copy_memory_batch
 
 

@@ -7,10 +7,12 @@ import torch
 
 import deq
 from baselines.drivers import UntiedStackDriver, WeightTiedDriver
-from deq.models.drivers import DEQDriver, SolverSettings
+from deq.models.cell_configs import TransformerCellConfig, TrellisCellConfig
+from deq.models.drivers import DEQDriver
 from deq.models.lm import LanguageModel
-from deq.models.transformer import TransformerCell, TransformerCellConfig
-from deq.models.trellis import TrellisCell, TrellisCellConfig
+from deq.models.transformer import TransformerCell
+from deq.models.trellis import TrellisCell
+from deq.settings import SolverSettings
 
 F64 = torch.float64
 D = 8  # embedding width = model width in these tiny tests
@@ -231,7 +233,8 @@ def test_gradients_cross_subsequences(family):
 def test_output_dropout_drops_positions_for_transformers_and_channels_for_trellisnets():
     # v1's VariationalDropout draws its mask from x[:, :1]: on the DEQ-Transformer's (B, d, L) output it
     # drops whole positions, on the DEQ-TrellisNet's (B, L, d) output (and on every embedding) channels.
-    from deq.models.configs import build_model, get_config
+    from deq.rows.build import build_model
+    from deq.rows.configs import get_config
 
     tokens = torch.randint(0, 100, (2, 8))
     for name, out_mask in (("wt103-deq-transformer-small", (2, 8, 1)), ("ptb-deq-trellisnet", (2, 1, 16))):

@@ -12,8 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from deq.models.configs import CONFIGS
 from deq.report import figures
+from deq.rows.configs import CONFIGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,21 +14,17 @@ import pytest
 import torch
 
 import deq
-from deq.engine import (
-    MEMORY_FIELDS,
+from deq.engine.memory import MEMORY_FIELDS, RECORD_KEYS, AllocatorPeak, MemoryMonitor, saved_activation_bytes
+from deq.engine.records import (
     METADATA_KEYS,
-    RECORD_KEYS,
     REQUIRED_METRIC_FIELDS,
     TRACE_FIELDS,
-    AllocatorPeak,
-    MemoryMonitor,
     MetricsWriter,
     TraceWriter,
     finish_metadata,
     read_jsonl,
     read_traces,
     run_metadata,
-    saved_activation_bytes,
     solver_metrics,
     write_metadata,
 )

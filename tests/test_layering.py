@@ -30,17 +30,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("deq.data", "deq.data.*")),
     # The solver library: solve z = f(z) and differentiate through the solution, given only f and a
     # starting point. The package's __init__ is its public face.
-    ("solver library", ("deq", "deq.solvers", "deq.solvers.*", "deq.backward", "deq.equilibrium")),
-    # One cell per architecture, the DEQ driver that solves it, and the language model around a driver.
-    ("cells and drivers", ("deq.models", "deq.models.layers", "deq.models.cell", "deq.models.transformer",
-                           "deq.models.trellis", "deq.models.drivers", "deq.models.adaptive", "deq.models.lm",
-                           "deq.models.copy_memory")),
+    ("solver library", ("deq", "deq.settings", "deq.solvers", "deq.solvers.*", "deq.backward", "deq.layer")),
+    # One cell per architecture (and its settings), the DEQ driver that solves it, and the language model
+    # around a driver.
+    ("cells and drivers", ("deq.models", "deq.models.layers", "deq.models.cell", "deq.models.cell_configs",
+                           "deq.models.transformer", "deq.models.trellis", "deq.models.drivers",
+                           "deq.models.adaptive", "deq.models.lm", "deq.models.copy_memory")),
     # Explicit drivers of the same cells (weight-tied, untied) and the copy-memory baselines.
     ("baselines", ("baselines", "baselines.*")),
-    # The paper's table rows: their type, their data, the registry that builds each row's model with
-    # the row's driver (DEQ or baseline), and the parameter counts of the rows.
-    ("row registry", ("deq.models.lm_config", "deq.models.paper_configs", "deq.models.configs",
-                      "deq.models.params")),
+    # The paper's table rows: their type, their data, the registry that serves them at a preset, the
+    # builder that turns each into a model with the row's driver (DEQ or baseline), and their counts.
+    ("row registry", ("deq.rows", "deq.rows.*")),
     # What runs the rows: run configs and records, training, evaluation, the study, benchmarks, reports.
     ("engine, benchmarks, workflow", ("deq.engine", "deq.engine.*", "deq.train", "deq.evaluate", "deq.study",
                                       "deq.bench", "deq.bench.*", "deq.report", "deq.report.*")),
@@ -201,7 +201,57 @@ def test_the_solver_library_imports_only_itself():
     # (STYLE.md 2): not the models, the baselines, the engine, the benchmarks, nor the data.
     library_rank = [name for name, _ in LAYERS].index(SOLVER_LIBRARY)
     library = {module for module, rank in ranks().items() if rank == library_rank}
-    assert {"deq", "deq.solvers", "deq.equilibrium", "deq.backward"} <= library
+    assert {"deq", "deq.settings", "deq.solvers", "deq.layer", "deq.backward"} <= library
     outside = [f"{e.source} imports {e.target} at {e.where}" for e in import_edges()
                if e.source in library and e.target not in library]
     assert not outside, "the solver library imports beyond itself:\n" + "\n".join(outside)
+
+
+def package_of(module: str) -> str:
+    """The sub-package a module belongs to (``deq.models.lm`` -> ``deq.models``, ``baselines.drivers`` ->
+    ``baselines``); a module directly under ``deq`` is its own unit (``deq.study``)."""
+    parts = module.split(".")
+    if parts[0] != "deq":
+        return parts[0]
+    return ".".join(parts[:2]) if len(parts) > 1 else "deq"
+
+
+def test_no_import_cycle_between_packages():
+    # Modules without a cycle can still make their packages import each other (deq.models' registry
+    # imported baselines, whose drivers import deq.models): then neither package can be read, tested or
+    # shipped without the other. Collapse each module to its package and look for cycles again.
+    edges = [Edge(package_of(e.source), package_of(e.target), e.where) for e in import_edges()
+             if package_of(e.source) != package_of(e.target)]
+    found = cycles(edges)
+    inside = [f"{e.source} -> {e.target} at {e.where}" for e in edges
+              if any(e.source in c and e.target in c for c in found)]
+    assert not found, f"import cycles among packages {found}; their edges:\n" + "\n".join(inside)
+
+
+def workflow_imports() -> list[str]:
+    """The modules the Snakefile and its rules import at the top level (what planning the study loads)."""
+    import re
+
+    found = []
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        found += [m[1] or m[2] for m in re.finditer(r"^(?:from (\S+) import|import (\S+))", path.read_text(), re.M)]
+    return sorted(set(found))
+
+
+def imports_torch(modules: list[str]) -> bool:
+    """Whether importing ``modules`` in a fresh interpreter loads torch."""
+    import subprocess
+    import sys
+
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return result.stdout.strip() == "True"
+
+
+def test_planning_the_workflow_does_not_import_torch():
+    # `snakemake -n all` needs names, budgets and datasets only; importing torch would add 1.5-2 s to every
+    # dry run and every job's start. The check itself can see torch: a module that builds models does.
+    modules = workflow_imports()
+    assert "deq.study" in modules and "deq.rows.configs" in modules
+    assert not imports_torch(modules), f"importing {modules} loads torch"
+    assert imports_torch(["deq.rows.build"])

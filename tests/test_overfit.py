@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from deq.models.drivers import DEQDriver, SolverSettings
+from deq.models.cell_configs import TransformerCellConfig, TrellisCellConfig
+from deq.models.drivers import DEQDriver
 from deq.models.lm import LanguageModel
-from deq.models.transformer import TransformerCell, TransformerCellConfig
-from deq.models.trellis import TrellisCell, TrellisCellConfig
+from deq.models.transformer import TransformerCell
+from deq.models.trellis import TrellisCell
+from deq.settings import SolverSettings
 
 V, D = 50, 32
 

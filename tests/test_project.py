@@ -81,8 +81,8 @@ def test_smoke_study_writes_every_table_with_the_documented_columns(smoke_study)
     # number (not a blank) wherever the study measures one.
     import pandas as pd
 
-    from deq.models.configs import COPY_CONFIGS, CONFIGS
     from deq.report.tables import MODEL_COLUMNS, RUNTIME_COLUMNS
+    from deq.rows.configs import COPY_CONFIGS, CONFIGS
 
     results = smoke_study / "results"
     expected_rows = {1: list(COPY_CONFIGS), 2: [n for n, r in CONFIGS.items() if r.paper_table == 2],

@@ -286,3 +286,32 @@ def test_batch_rms_keeps_its_best_iterate_after_a_non_finite_residual():
     z, stats = deq.solve(f, torch.zeros(2, 3, dtype=torch.float64), solver="picard", tol=1e-9, max_iter=6,
                          stop_mode="batch_rms")
     assert torch.isfinite(stats.residual).all() and stats.residual[0] == stats.trace[0, 0]  # the first iterate
+
+
+def test_the_settings_know_each_solvers_options():
+    # deq.settings checks solver options without importing the solvers (it is torch-free), from its own
+    # table; the table must name exactly each solver's keyword options, or a valid option is refused
+    # (or a bad one accepted) before the solver is ever reached.
+    import inspect
+
+    from deq.settings import SOLVER_OPTIONS
+
+    common = {"f", "z0", "tol", "max_iter", "stop_mode"}
+    signatures = {name: tuple(p for p in inspect.signature(fn).parameters if p not in common)
+                  for name, fn in deq.SOLVERS.items()}
+    assert {name: set(options) for name, options in SOLVER_OPTIONS.items()} == \
+        {name: set(options) for name, options in signatures.items()}
+
+
+def test_solve_equilibrium_and_solver_settings_share_one_set_of_defaults():
+    # One definition: a DEQ built with SolverSettings() and a bare deq.equilibrium / deq.solve call solve
+    # the same way.
+    import inspect
+
+    from deq.settings import DEFAULTS
+
+    for fn in (deq.solve, deq.equilibrium):
+        for name, parameter in inspect.signature(fn).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and hasattr(DEFAULTS, name):
+                default = {} if parameter.default is None else parameter.default  # None: no options
+                assert default == getattr(DEFAULTS, name), (fn.__name__, name)

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from deq.engine.config import lm_row
-from deq.models.configs import COPY_CONFIGS, CONFIGS
-from deq.models.params import count_config
+from deq.rows.configs import COPY_CONFIGS, CONFIGS
+from deq.rows.params import count_config
 from deq.study import (FIGURE2_RUNS, FIGURE3_RUNS, PAIR, SIZE_SWEEP_WIDTHS, dataset_of, not_trained, size_sweep,
                        study)
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from deq.models.configs import COPY_CONFIGS, CONFIGS
 from deq.report.tables import MODEL_COLUMNS, SIZE_SWEEP_COLUMNS, lm_table, copy_table, write_size_sweep
+from deq.rows.configs import COPY_CONFIGS, CONFIGS
 from deq.study import not_trained
 
 

@@ -7,7 +7,8 @@ import torch
 from torch.nn.utils import parametrize
 
 import deq
-from deq.models.trellis import TrellisCell, TrellisCellConfig
+from deq.models.cell_configs import TrellisCellConfig
+from deq.models.trellis import TrellisCell
 
 B, T, D_EMBED, D_HIDDEN, D_OUT = 2, 7, 3, 4, 2
 

@@ -32,8 +32,9 @@ import torch
 from baselines.drivers import WeightTiedDriver
 from deq.bench.memory import PRESETS, PROTOCOL_BATCH, PROTOCOL_SEQ, _mb, _pct, _write, deq_buffer_bytes
 from deq.engine.memory import AllocatorPeak, SavedActivations, adam_state_bytes
-from deq.models.configs import build_cell, get_config
 from deq.models.drivers import DEQDriver
+from deq.rows.build import build_cell
+from deq.rows.configs import get_config
 
 __all__ = ["DEPTHS", "DEPTH_ROWS", "DEQ_VARIANTS", "run_depth_benchmark"]
 

@@ -132,7 +132,8 @@ def measure_memory(scale: Scale, csv_path: Path, deadline: float) -> list[dict]:
     """
     from deq.bench.runtime import zipf_batch
     from deq.engine.memory import MemoryMonitor
-    from deq.models.configs import CONFIGS, build_model, get_config, on_dataset
+    from deq.rows.build import build_model
+    from deq.rows.configs import CONFIGS, get_config, on_dataset
 
     rows = []
     for name in CONFIGS:
@@ -204,7 +205,7 @@ def memory_part(scale: Scale, out: Path, deadline: float) -> list[Path]:
               "measurement", flush=True)
         measure_memory(scale, out / "memory.csv", deadline)
         return [out / "memory.csv"]
-    from deq.models.configs import CONFIGS
+    from deq.rows.configs import CONFIGS
 
     per_row_s = max(1.0, (deadline - time.monotonic()) / len(CONFIGS))  # its time budget per row (picks scales)
     offered = {"preset": scale.preset, "csv_path": out / "memory.csv", "md_path": out / "memory.md",
@@ -234,7 +235,8 @@ def measure_throughput(scale: Scale, csv_path: Path, deadline: float) -> list[di
     """Training and inference tokens/s of THROUGHPUT_ROWS: steps interleaved train / infer after a warm-up."""
     from deq.bench.runtime import infer_step, train_step, zipf_batch
     from deq.bench.solvers import quartiles
-    from deq.models.configs import build_model, get_config, on_dataset
+    from deq.rows.build import build_model
+    from deq.rows.configs import get_config, on_dataset
 
     rows = []
     for name in THROUGHPUT_ROWS:

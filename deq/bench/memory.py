@@ -1,6 +1,6 @@
 """Training-memory benchmark: the paper's protocol for every row of Tables 2-3.
 
-``run_memory_benchmark(preset)``: every row of :data:`deq.models.configs.CONFIGS` (each DEQ and each
+``run_memory_benchmark(preset)``: every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each
 explicit counterpart) trains ``steps`` steps (forward + backward + Adam; the first ones warm up and
 create the segment memory) on random tokens at sequence 150, batch 15, and the last step is measured
 with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"):
@@ -16,7 +16,7 @@ with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"
   the backward. The optimiser's update is left out too: Adam's foreach kernels allocate a temporary
   copy of every parameter. On CUDA the allocator's peak over that whole step, embedding and update
   included, is kept beside it (``cuda_step_peak_bytes``), with NVML's process peak
-  (:class:`~deq.engine.MemoryMonitor`; it includes the CUDA context and the allocator's cache, so it
+  (:class:`~deq.engine.memory.MemoryMonitor`; it includes the CUDA context and the allocator's cache, so it
   is not embedding-free). The profiler slows the measured CPU step (``step_s``);
 - everywhere, an account of the bytes that make the peak: the bytes autograd saved for backward,
   embedding excluded (``activation_bytes``; of them, those saved inside the driver:
@@ -64,8 +64,10 @@ import torch
 from baselines.drivers import WeightTiedDriver
 from deq.engine.memory import AllocatorPeak, MemoryMonitor, SavedActivations, adam_state_bytes, device_name
 from deq.io import atomic_write_text
-from deq.models.configs import CONFIGS, LMConfig, build_cell, build_model, get_config
-from deq.models.drivers import DEQDriver, SolverSettings
+from deq.models.drivers import DEQDriver
+from deq.rows.build import build_cell, build_model
+from deq.rows.configs import CONFIGS, LMConfig, get_config
+from deq.settings import SolverSettings
 from deq.solvers import SOLVERS
 
 __all__ = ["PAIRS", "PRESETS", "Scale", "run_memory_benchmark", "solver_buffer_bytes"]

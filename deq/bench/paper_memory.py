@@ -44,7 +44,7 @@ from deq.bench.memory import PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, Scale, _memory
     estimate, measure_row, state_width
 from deq.engine.memory import device_name
 from deq.io import atomic_write_text
-from deq.models.configs import CONFIGS, LMConfig
+from deq.rows.configs import CONFIGS, LMConfig
 
 __all__ = ["FIT_BATCHES", "VARIANTS", "fit_line", "render_readme_table", "run_paper_memory"]
 

@@ -46,10 +46,12 @@ import torch
 import deq
 from deq.bench.solvers import describe_device, quartiles, timed
 from deq.io import atomic_write_text
-from deq.models.configs import LMConfig, build_model, get_config, on_dataset
-from deq.models.drivers import DEQDriver, SolverSettings
+from deq.models.drivers import DEQDriver
 from deq.models.layers import weights_computed_once
 from deq.models.lm import LanguageModel, LMOutput
+from deq.rows.build import build_model
+from deq.rows.configs import LMConfig, get_config, on_dataset
+from deq.settings import SolverSettings
 
 __all__ = ["GOALS", "PAIRS", "PRESETS", "Pair", "RuntimeConfig", "preset_config", "render_markdown",
            "run_runtime_benchmark"]
@@ -80,7 +82,7 @@ PAIRS = {
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    preset: str  # 'smoke', 'cpu' or 'paper'; also the model preset of deq.models.configs
+    preset: str  # 'smoke', 'cpu' or 'paper'; also the model preset of deq.rows.configs
     tgt_len: int  # tokens per segment (the paper's protocol: 150)
     batch: int  # segments per step (the paper's protocol: 15)
     rounds: int  # timed rounds after the warm-up round

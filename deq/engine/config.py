@@ -4,7 +4,7 @@
 Every key is a field below (unknown keys are errors, naming the key and the allowed ones), and every
 value is checked against the field's type before anything else (``lr: 1e-3`` and ``lr: 1.0e30``, which
 YAML 1.1 reads as strings, are refused naming the key and the spelling it reads as a number; ``max_steps: 2.5`` and ``bf16: banana`` likewise); the
-model itself is a named row of :mod:`deq.models.configs` at a preset, so the YAML never restates
+model itself is a named row of :mod:`deq.rows.configs` at a preset, so the YAML never restates
 architecture. The resolved config is saved in the run folder and inside every checkpoint.
 """
 
@@ -18,19 +18,19 @@ from pathlib import Path
 
 import yaml
 
-from deq.models.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS, LMConfig, get_config, on_dataset
-from deq.models.paper_configs import CODES
+from deq.rows.configs import COPY_CONFIGS, CONFIGS, DATASETS, PRESETS, LMConfig, get_config, on_dataset
+from deq.rows.paper_configs import CODES
 
 RUN_DATASETS = (*DATASETS, "copy-memory")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str  # a row of deq.models.configs.CONFIGS (language models) or COPY_CONFIGS (copy memory)
+    model: str  # a row of deq.rows.configs.CONFIGS (language models) or COPY_CONFIGS (copy memory)
     preset: str = "cpu"  # scale of the model row: 'smoke', 'cpu' or 'paper'
     official_code: str = "v1"  # DEQ solver settings of the official code: 'v1' (the paper's) or 'v2'
     dataset: str | None = None  # corpus; None: the row's own (copy-memory rows: 'copy-memory')
-    width: int | None = None  # cpu preset only: the width of the 500-wide rows (None: 128; deq.models.configs)
+    width: int | None = None  # cpu preset only: the width of the 500-wide rows (None: 128; deq.rows.configs)
     data_root: str = "data"  # where datasets are downloaded and prepared
     data_mirror: str | None = None  # local mirror <mirror>/<dataset>/<files>; env DEQ_DATA_MIRROR if None
     seed: int = 0  # seeds torch, numpy and random; 0 <= seed < 2**32 (numpy's range)

@@ -26,7 +26,7 @@ returns a flat dict with these keys (``None`` where a quantity was not measured 
 The numeric keys (all but the first four) are :data:`MEMORY_FIELDS`; every key is in :data:`RECORD_KEYS`.
 
 >>> import torch
->>> from deq.engine import MemoryMonitor
+>>> from deq.engine.memory import MemoryMonitor
 >>> w = torch.randn(3, 4, requires_grad=True)
 >>> with MemoryMonitor() as monitor:
 ...     with monitor.saved_activations(exclude={w.data_ptr()}):

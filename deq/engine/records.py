@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..equilibrium import EquilibriumInfo
+from ..layer import EquilibriumInfo
 from ..io import atomic_write_text
 from ..solvers import SolverStats
 from .memory import MEMORY_FIELDS, cpu_name

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from deq.models.drivers import DEQDriver, SolverSettings
-from deq.models.transformer import TransformerCell, TransformerCellConfig
+from deq.models.cell_configs import TransformerCellConfig
+from deq.models.drivers import DEQDriver
+from deq.models.transformer import TransformerCell
+from deq.settings import SolverSettings
 
 PAPER_PARAMS = 14_000
 

@@ -55,11 +55,12 @@ class LanguageModel(nn.Module):
             raise TypeError(f"pretraining switches a DEQ driver, got {type(self.driver).__name__}")
         self.driver.explicit_depth = n_layer
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, memory=None) -> LMOutput:
-        """tokens, targets: (B, T) int64 ids; memory: the previous segment's, or None."""
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, memory=None, **driver_options) -> LMOutput:
+        """tokens, targets: (B, T) int64 ids; memory: the previous segment's, or None. ``driver_options``
+        go to the driver for this call (``settings`` of a DEQ, ``n_layer`` of a weight-tied stack, ``mem_len``)."""
         x = self.embedding(tokens)  # (B, T, d_model)
         self.drop_embed.reset(x)
-        out: DriverOutput = self.driver(self.drop_embed(x), memory)
+        out: DriverOutput = self.driver(self.drop_embed(x), memory, **driver_options)
         self.drop_out.reset(out.h)
         nll = self._nll(self.drop_out(out.h), targets)
         aux = [self._nll(self.drop_out(h), targets).mean() for h in out.aux]

@@ -20,47 +20,15 @@ mask per channel for the whole batch), an o_net with a bias, and its initialisat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .cell import Memory
+from .cell_configs import TransformerCellConfig
 from .layers import VariationalDropout, weight_normed
 
-
-@dataclass(frozen=True)
-class TransformerCellConfig:
-    d_model: int  # width of the state z (d_state = d_out = d_model)
-    n_head: int  # attention heads H
-    d_head: int  # width of one head Dh (H*Dh need not equal d_model)
-    d_inner: int  # hidden width of the position-wise feed-forward
-    dropout: float  # variational dropout on the attention output and the FF output, in [0, 1)
-    pre_lnorm: bool = False  # False: post-LN (the paper's); True: pre-LN residual blocks
-    weight_norm: bool = True  # weight normalisation on every linear map inside f (not on inject)
-    # N(0, init_std) for inject, the attention biases r_w/r_r and any map without weight norm (the official
-    # train_transformer.py's --init_std 0.01; the paper says 0.05). Weight-normed maps keep torch's
-    # default init: the official script writes N(0, 0.01) into their computed weight, which weight norm
-    # then recomputes from the untouched v and g (see _linear).
-    init_std: float = 0.01
-    d_embed: int | None = None  # width of the embeddings entering inject; None means d_model
-
-    def __post_init__(self) -> None:
-        for name in ("d_model", "n_head", "d_head", "d_inner"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-        if self.d_embed is not None and (not isinstance(self.d_embed, int) or self.d_embed <= 0):
-            raise ValueError(f"d_embed must be a positive int or None, got d_embed={self.d_embed!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"init_std must be positive, got init_std={self.init_std!r}")
-
-    @property
-    def embed_width(self) -> int:
-        return self.d_model if self.d_embed is None else self.d_embed
 
 
 def relative_position_embedding(klen: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

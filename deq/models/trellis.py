@@ -32,41 +32,15 @@ start; here x_{-1} is carried in the memory, so that cutting a stream into segme
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from .cell import Memory
+from .cell_configs import TrellisCellConfig
 from .layers import VariationalDropout, weight_normed
 
-__all__ = ["TrellisCell", "TrellisCellConfig"]
+__all__ = ["TrellisCell"]
 
-
-@dataclass(frozen=True)
-class TrellisCellConfig:
-    d_embed: int  # width of the embeddings x entering `inject` (official d_embed, 500 on WT103)
-    d_hidden: int  # width of h and of c: the official h_size = nhid + nout (1500 + 500 = 2000 on WT103)
-    d_out: int  # channels passed to the decoder: the last d_out channels of h (official nout, 500)
-    dropout: float  # variational dropout on h before the recurrent conv, in [0, 1) (official dropouth, 0.1)
-    kernel_size: int = 2  # temporal kernel of both convs; only 2 (the official value) is implemented
-    weight_norm: bool = True  # weight normalisation on the injection conv and the recurrent conv
-    init_std: float = 0.01  # recurrent conv weight and bias ~ N(0, init_std) (official code 0.01, paper 0.05)
-
-    def __post_init__(self) -> None:
-        for name in ("d_embed", "d_hidden", "d_out"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-        if self.d_out > self.d_hidden:
-            raise ValueError(f"d_out must be <= d_hidden (the readout is the last d_out channels of h), "
-                             f"got d_out={self.d_out!r}, d_hidden={self.d_hidden!r}")
-        if self.kernel_size != 2:
-            raise ValueError(f"only kernel_size=2 is implemented, got kernel_size={self.kernel_size!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"init_std must be positive, got init_std={self.init_std!r}")
 
 
 def _conv(d_in: int, d_out: int, cfg: TrellisCellConfig, init_std: float | None) -> nn.Module:

@@ -70,14 +70,16 @@ EFFECTS = {
 
 
 def _trellis():
-    from deq.models.trellis import TrellisCell, TrellisCellConfig
+    from deq.models.cell_configs import TrellisCellConfig
+    from deq.models.trellis import TrellisCell
 
     torch.manual_seed(0)
     return TrellisCell(TrellisCellConfig(d_embed=16, d_hidden=32, d_out=16, dropout=0.0)).double().eval()
 
 
 def _transformer():
-    from deq.models.transformer import TransformerCell, TransformerCellConfig
+    from deq.models.cell_configs import TransformerCellConfig
+    from deq.models.transformer import TransformerCell
 
     torch.manual_seed(0)
     cfg = TransformerCellConfig(d_model=32, n_head=2, d_head=16, d_inner=64, dropout=0.0)

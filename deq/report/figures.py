@@ -395,7 +395,7 @@ def _valid_loss(frame: pd.DataFrame) -> pd.Series:
 
 def _paper_loss(label: str) -> float | None:
     """log of the paper's test perplexity when the label (after any group prefix) names a paper row."""
-    from deq.models.configs import CONFIGS  # imported here: it loads torch, which no other figure needs
+    from deq.rows.configs import CONFIGS  # imported here: it loads torch, which no other figure needs
 
     row = CONFIGS.get(label.split(": ", 1)[-1].strip())
     return math.log(row.paper_ppl) if row is not None and row.paper_ppl > 0 else None

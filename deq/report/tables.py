@@ -2,7 +2,7 @@
 
 :func:`write_table` reads what the runs and benchmarks wrote and writes one of ``table1.csv`` ...
 ``table4.csv``; :func:`write_markdown` renders the four into ``tables.md``. Every number comes from a file a rule made; the paper's numbers
-come from the model registry (:mod:`deq.models.paper_configs`, :data:`deq.models.configs.COPY_CONFIGS`)
+come from the model registry (:mod:`deq.rows.paper_configs`, :data:`deq.rows.configs.COPY_CONFIGS`)
 and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the paper's order):
 
 - ``model``: the paper's row name (registry key); ``preset``: the study's preset; ``dataset``: the
@@ -56,7 +56,8 @@ from pathlib import Path
 import pandas as pd
 
 from deq.io import atomic_write_text
-from deq.models.configs import COPY_CONFIGS, CONFIGS
+from deq.rows.build import build_copy_model
+from deq.rows.configs import COPY_CONFIGS, CONFIGS
 
 TABLE_TITLES = {
     1: "Table 1: copy memory (T = 400 at the paper's definition)",
@@ -153,7 +154,7 @@ def copy_table(runs: dict[str, Path], preset: str, not_trained: dict[str, str]) 
     rows = []
     for name, row in COPY_CONFIGS.items():
         if name in not_trained:
-            params = sum(p.numel() for p in row.build().parameters())
+            params = sum(p.numel() for p in build_copy_model(name).parameters())
             rows.append({"model": name, "preset": preset, "dataset": "copy memory", "params": params,
                          "paper_params": row.paper_params, "nonembedding_params": None, "metric": "test loss",
                          "paper_value": row.paper_loss, "steps": 0, "note": not_trained[name]})
@@ -306,7 +307,7 @@ def _untrained_lm(name: str, preset: str) -> dict:
     """What a row the preset does not train would have been trained as: its corpus and parameter counts
     (the model built on the meta device)."""
     from deq.engine.config import TrainConfig, lm_row
-    from deq.models.params import count_config
+    from deq.rows.params import count_config
     from deq.study import STAND_IN
 
     dataset = CONFIGS[name].dataset

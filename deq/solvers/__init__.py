@@ -16,10 +16,11 @@ runs the solver without an autograd graph and restores the shape.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
+
+from deq.settings import DEFAULTS, check_solver_args
 
 from .anderson import anderson
 from .broyden import broyden
@@ -35,30 +36,13 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
 __all__ = ["SOLVERS", "STOP_MODES", "SolverStats", "check_solver_args", "solve"]
 
 
-def check_solver_args(solver: str, tol: float, max_iter: int, stop_mode: str, options: dict) -> None:
-    """Raise ``ValueError`` naming the bad value (and the allowed ones) before any work is done."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
-    if stop_mode not in STOP_MODES:
-        raise ValueError(f"unknown stop_mode {stop_mode!r}; choose from {list(STOP_MODES)}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol=}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter=}")
-    allowed = [name for name in inspect.signature(SOLVERS[solver]).parameters if name not in
-               ("f", "z0", "tol", "max_iter", "stop_mode")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for solver {solver!r}; it takes {allowed}")
-
-
 def solve(
     f: Function,
     z0: torch.Tensor,
-    solver: str = "broyden",
-    tol: float = 1e-6,
-    max_iter: int = 100,
-    stop_mode: str = "rel",
+    solver: str = DEFAULTS.solver,
+    tol: float = DEFAULTS.tol,
+    max_iter: int = DEFAULTS.max_iter,
+    stop_mode: str = DEFAULTS.stop_mode,
     **solver_options,
 ) -> tuple[torch.Tensor, SolverStats]:
     """Find z* = f(z*) for every sample of the batch ``z0`` (B, ...), without an autograd graph.

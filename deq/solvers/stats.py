@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-STOP_MODES = ("abs", "rel", "batch_rms")
+from deq.settings import STOP_MODES
 
 # The official stagnation exit (batch_rms): more than 30 steps, residual < 3 tol, last 30 within x1.3.
 _STAGNATION_STEPS, _STAGNATION_BAND, _STAGNATION_SPREAD = 30, 3.0, 1.3

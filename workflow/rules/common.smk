@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from deq.engine.gpus import visible_gpus
 from deq.engine.slurm import has_gpus as slurm_has_gpus
-from deq.models.configs import CONFIGS
+from deq.rows.configs import CONFIGS
 from deq.study import FIGURE2_RUNS, FIGURE3_RUNS, dataset_of, not_trained, size_sweep, study
 
 PRESET = config["preset"]

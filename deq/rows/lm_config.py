@@ -6,7 +6,7 @@ weight-tied or untied stack), the adaptive embedding/softmax and the dropouts, p
 numbers for the row and a ``derivation`` saying where every setting came from.
 
 The type has a module of its own because two modules need it: the row data
-(:mod:`deq.models.paper_configs`) and the registry that serves those rows (:mod:`deq.models.configs`,
+(:mod:`deq.rows.paper_configs`) and the registry that serves those rows (:mod:`deq.rows.configs`,
 where the rest of the project imports :class:`LMConfig` from). Defined in the registry, it made the
 rows import the registry while the registry imported the rows: an import cycle.
 """
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deq.models.drivers import SolverSettings
-from deq.models.transformer import TransformerCellConfig
-from deq.models.trellis import TrellisCellConfig
+from deq.models.cell_configs import TransformerCellConfig, TrellisCellConfig
+from deq.settings import SolverSettings
 
 __all__ = ["DATASETS", "DRIVERS", "FAMILIES", "PRESETS", "LMConfig"]
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import backward as grads
-from .solvers import SolverStats, check_solver_args, solve
+from .settings import BACKWARDS, DEFAULTS, check_solver_args
+from .solvers import SolverStats, solve
 from .solvers.stats import Function, Trace
-
-BACKWARDS = ("implicit", "phantom", "jfb", "unrolled")
 
 
 @dataclass
@@ -35,14 +34,14 @@ class EquilibriumInfo:
 def equilibrium(
     f: Function,
     z0: torch.Tensor,
-    solver: str = "anderson",
-    tol: float = 1e-3,
-    max_iter: int = 30,
-    stop_mode: str = "rel",
-    backward: str = "implicit",
-    backward_solver: str = "broyden",
-    backward_tol: float = 1e-6,
-    backward_max_iter: int = 40,
+    solver: str = DEFAULTS.solver,
+    tol: float = DEFAULTS.tol,
+    max_iter: int = DEFAULTS.max_iter,
+    stop_mode: str = DEFAULTS.stop_mode,
+    backward: str = DEFAULTS.backward,
+    backward_solver: str = DEFAULTS.backward_solver,
+    backward_tol: float = DEFAULTS.backward_tol,
+    backward_max_iter: int = DEFAULTS.backward_max_iter,
     backward_options: dict | None = None,
     phantom_steps: int = 5,
     phantom_damping: float = 0.5,

@@ -1,8 +1,8 @@
 """The registry of the paper's rows: every row at a preset, and the model it builds.
 
 One typed :class:`LMConfig` per word-level row of the paper (Tables 2 and 3; the type and its checks
-are in :mod:`deq.models.lm_config`). The registry :data:`CONFIGS` (its data lives in
-:mod:`deq.models.paper_configs`) covers every row of Tables 2-3 that the paper trains itself;
+are in :mod:`deq.rows.lm_config`). The registry :data:`CONFIGS` (its data lives in
+:mod:`deq.rows.paper_configs`) covers every row of Tables 2-3 that the paper trains itself;
 :func:`get_config` returns a row at a preset and :func:`build_model` turns it into a
 :class:`~deq.models.lm.LanguageModel` with the row's driver (the DEQ's from :mod:`deq.models.drivers`,
 the explicit ones from :mod:`baselines`). :data:`COPY_CONFIGS` holds the rows of Table 1. The rest
@@ -34,50 +34,13 @@ adaptive cluster keeps one channel or more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from torch import nn
-
-from baselines.copy_memory import PAPER_CONFIGS as COPY_BASELINES
-from baselines.copy_memory import build_copy_memory_model
-from baselines.drivers import UntiedStackDriver, WeightTiedDriver
-from deq.models.copy_memory import DEQCopyModel
-from deq.models.drivers import DEQDriver
-from deq.models.lm import LanguageModel
-from deq.models.lm_config import DATASETS, DRIVERS, FAMILIES, PRESETS, LMConfig, _choice
-from deq.models.paper_configs import CONFIGS, with_code
-from deq.models.transformer import TransformerCell
-from deq.models.trellis import TrellisCell
+from deq.rows.lm_config import DATASETS, DRIVERS, FAMILIES, PRESETS, LMConfig, _choice
+from deq.rows.paper_configs import CONFIGS, with_code
 
 __all__ = ["CONFIGS", "COPY_CONFIGS", "DATASETS", "DRIVERS", "FAMILIES", "PRESETS", "CopyConfig", "LMConfig",
-           "build_model", "get_config", "on_dataset"]
-
-
-def build_cell(cfg: LMConfig) -> nn.Module:
-    """A fresh cell of the row (each call draws new weights)."""
-    return TransformerCell(cfg.cell) if cfg.family == "transformer" else TrellisCell(cfg.cell)
-
-
-def build_model(cfg: LMConfig) -> LanguageModel:
-    """The row's language model: embedding -> driver over the row's cell(s) -> tied adaptive softmax.
-
-    Builds on the current default device: ``with torch.device("meta"): build_model(cfg)`` makes a
-    paper-scale model without allocating its weights (for counting).
-    """
-    if cfg.driver == "deq":
-        driver = DEQDriver(build_cell(cfg), cfg.solver, cfg.mem_len)
-    elif cfg.driver == "weight_tied":
-        driver = WeightTiedDriver(build_cell(cfg), cfg.n_layer, cfg.mem_len, cfg.checkpoint, cfg.aux_every)
-    else:
-        driver = UntiedStackDriver([build_cell(cfg) for _ in range(cfg.n_layer)], cfg.mem_len)
-    # Per family, as the official models (v1 DEQModel/): the DEQ-TrellisNet's embedding U(-0.1, 0.1)
-    # (DEQTrellisNetLM.init_weights) and channel-wise output dropout; the DEQ-Transformer's N(0, 0.01)
-    # (train_transformer.py weights_init) and output dropout of whole positions.
-    trellis = cfg.family == "trellis"
-    return LanguageModel(cfg.n_token, cfg.d_embed, cfg.d_model, driver, cfg.cutoffs, cfg.div_val,
-                         cfg.dropout_embed, cfg.dropout_out, cfg.cell.init_std,
-                         embed_init_range=0.1 if trellis else None, drop_out_positions=not trellis)
+           "get_config", "on_dataset"]
 
 
 # ---- presets -------------------------------------------------------------------------------------------
@@ -126,7 +89,7 @@ def _cpu(cfg: LMConfig, width: int = CPU_WIDTH) -> LMConfig:
 def get_config(name: str, preset: str = "paper", code: str = "v1", width: int | None = None) -> LMConfig:
     """The registered row ``name`` at ``preset`` ('paper', 'smoke' or 'cpu'; rules in the module docstring),
     with the solver settings of official code ``code`` ('v1', the paper's, or 'v2'; see
-    :func:`deq.models.paper_configs.with_code`). ``width`` (cpu preset only; default 128) is the width the
+    :func:`deq.rows.paper_configs.with_code`). ``width`` (cpu preset only; default 128) is the width the
     500-wide rows get: the study's size sweep trains pairs at several widths."""
     _choice("config", name, CONFIGS)
     _choice("preset", preset, PRESETS)
@@ -156,14 +119,14 @@ class CopyConfig:
     """One row of Table 1. The models are small enough (14-16K parameters) to run at the paper's size
     at every preset; the presets change the task's length T and the training budget instead."""
 
-    build: Callable[[], nn.Module]  # builds the model: token ids (B, L) -> logits (B, L, 10)
+    model: str  # 'deq-transformer' (deq.models.copy_memory) or a baseline of baselines.copy_memory ('tcn', ...)
     paper_params: int  # parameters as printed in Table 1
     paper_loss: float  # test cross-entropy as printed in Table 1 (T = 400)
 
 
 COPY_CONFIGS: dict[str, CopyConfig] = {
-    "copy-deq-transformer": CopyConfig(DEQCopyModel, 14_000, 3.5e-6),
-    "copy-tcn": CopyConfig(lambda: build_copy_memory_model(COPY_BASELINES["tcn"]), 16_000, 2.7e-5),
-    "copy-lstm": CopyConfig(lambda: build_copy_memory_model(COPY_BASELINES["lstm"]), 14_000, 0.0501),
-    "copy-gru": CopyConfig(lambda: build_copy_memory_model(COPY_BASELINES["gru"]), 14_000, 0.0491),
+    "copy-deq-transformer": CopyConfig("deq-transformer", 14_000, 3.5e-6),
+    "copy-tcn": CopyConfig("tcn", 16_000, 2.7e-5),
+    "copy-lstm": CopyConfig("lstm", 14_000, 0.0501),
+    "copy-gru": CopyConfig("gru", 14_000, 0.0491),
 }

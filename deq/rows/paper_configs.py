@@ -1,11 +1,11 @@
-"""The registry data: one :class:`~deq.models.lm_config.LMConfig` per row of Tables 2-3 the paper trains.
+"""The registry data: one :class:`~deq.rows.lm_config.LMConfig` per row of Tables 2-3 the paper trains.
 
-Read :mod:`deq.models.lm_config` for what the fields mean and :mod:`deq.models.configs` for the presets
+Read :mod:`deq.rows.lm_config` for what the fields mean and :mod:`deq.rows.configs` for the presets
 and how a row becomes a model (that module serves these rows; this one never imports it). This file is
 only the rows, in the paper's order, each with its ``derivation``. Only two configurations were
 released (the WT103 DEQ-Transformer medium adaptive and DEQ-TrellisNet scripts); every other row
 reuses the nearest released recipe and solves its widths from the paper's parameter counts, with
-the arithmetic in its ``derivation``. ``docs/params.md`` (``python -m deq.models.params``) shows the
+the arithmetic in its ``derivation``. ``docs/params.md`` (``python -m deq.rows.params``) shows the
 measured counts beside the paper's.
 
 Sources: the official scripts (locuslab/deq ``run_wt103_deq_transformer.sh``,
@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from deq.models.drivers import SolverSettings
-from deq.models.lm_config import DATASETS, LMConfig
-from deq.models.transformer import TransformerCellConfig
-from deq.models.trellis import TrellisCellConfig
+from deq.models.cell_configs import TransformerCellConfig, TrellisCellConfig
+from deq.rows.lm_config import DATASETS, LMConfig
+from deq.settings import SolverSettings
 
 __all__ = ["CODES", "CONFIGS", "with_code"]
 
