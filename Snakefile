@@ -1,5 +1,5 @@
 # deq-harness workflow: the table of contents. Stages live in workflow/rules/, one file each;
-# the study (which runs, with what budgets) is deq/study.py; every key of the config is explained
+# the study (which runs) is deq/study.py, each preset's budgets deq/presets.py; every key of the config is explained
 # in config/README.md.
 #
 #   snakemake --cores 8 all                 the whole study at the configured preset

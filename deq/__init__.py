@@ -13,24 +13,14 @@ the workflow plans the study that way.
 
 from __future__ import annotations
 
-import importlib
+from deq.lazy import exports
 
 __all__ = ["BACKWARDS", "SOLVERS", "STOP_MODES", "EquilibriumInfo", "SolverSettings", "SolverStats", "equilibrium",
            "solve"]
 __version__ = "0.1.0"
 
-_HOME = {"BACKWARDS": "deq.settings", "STOP_MODES": "deq.settings", "SolverSettings": "deq.settings",
-         "SOLVERS": "deq.solvers", "SolverStats": "deq.solvers", "solve": "deq.solvers",
-         "EquilibriumInfo": "deq.layer", "equilibrium": "deq.layer"}
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'deq' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = exports(__name__, {
+    "BACKWARDS": "deq.settings", "STOP_MODES": "deq.settings", "SolverSettings": "deq.settings",
+    "SOLVERS": "deq.solvers", "SolverStats": "deq.solvers", "solve": "deq.solvers",
+    "EquilibriumInfo": "deq.layer", "equilibrium": "deq.layer",
+})

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from deq.engine.config import lm_row
+from deq.presets import PRESETS
 from deq.rows.configs import COPY_CONFIGS, CONFIGS
 from deq.rows.params import count_config
-from deq.study import (FIGURE2_RUNS, FIGURE3_RUNS, PAIR, SIZE_SWEEP_WIDTHS, dataset_of, not_trained, size_sweep,
-                       study)
+from deq.study import FIGURE2_RUNS, PAIR, dataset_of, not_trained, size_sweep, study
 
 
 @pytest.mark.parametrize("preset", ["smoke", "paper"])
@@ -33,9 +34,9 @@ def test_paper_runs_read_their_tables_corpus_and_smaller_presets_ptb_for_wikitex
 
 
 def test_cpu_trains_the_pair_at_every_width_and_says_why_it_trains_nothing_else():
-    runs = study("cpu")
-    assert [run.row for run in runs.values()] == [*PAIR] * len(SIZE_SWEEP_WIDTHS)
-    assert set(runs) == {name if width == 128 else f"{name}-w{width}" for width in SIZE_SWEEP_WIDTHS for name in PAIR}
+    runs, widths = study("cpu"), PRESETS["cpu"].training.widths
+    assert [run.row for run in runs.values()] == [*PAIR] * len(widths)
+    assert set(runs) == {name if width == 128 else f"{name}-w{width}" for width in widths for name in PAIR}
     for name, run in runs.items():  # each run's model is at the width its name says (no suffix: 128)
         width = re.search(r"-w(\d+)$", name)
         assert lm_row(run.config).d_model == (int(width[1]) if width else 128), name
@@ -49,7 +50,7 @@ def test_cpu_trains_the_pair_at_every_width_and_says_why_it_trains_nothing_else(
     assert "300,000 steps of 56 x 150 tokens" in reasons["wt103-deq-transformer-medium"]
 
 
-@pytest.mark.parametrize("width", SIZE_SWEEP_WIDTHS)
+@pytest.mark.parametrize("width", PRESETS["cpu"].training.widths)
 def test_each_cpu_pair_is_one_cell_with_equal_parameters_at_its_width(width):
     # Same cell, same parameters: the DEQ and its weight-tied stack differ only in the driver.
     deq, tied = (next(r for r in study("cpu").values() if r.row == name and (r.config.width or 128) == width)
@@ -73,7 +74,7 @@ def test_deq_runs_pretrain_for_part_of_their_budget_and_explicit_runs_not_at_all
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
 def test_figure_runs_exist_and_keep_an_early_checkpoint_after_pretraining(preset):
     runs = study(preset)
-    assert FIGURE3_RUNS[preset] in runs and CONFIGS[runs[FIGURE3_RUNS[preset]].row].driver == "deq"
+    assert PRESETS[preset].evaluation.figure3_run in runs and CONFIGS[runs[PRESETS[preset].evaluation.figure3_run].row].driver == "deq"
     deq_run = runs[FIGURE2_RUNS[0]]
     pretrain = deq_run.config.pretrain_steps or CONFIGS[FIGURE2_RUNS[0]].pretrain_steps
     for name in FIGURE2_RUNS:
@@ -113,3 +114,16 @@ def test_official_code_reaches_every_lm_run_and_its_model():
             assert solver is None
     with pytest.raises(ValueError, match=r"unknown official_code 'v3'; choose from \['v1', 'v2'\]"):
         TrainConfig(model="ptb-deq-trellisnet", official_code="v3")
+
+
+def test_the_config_schema_offers_exactly_the_presets():
+    # The schema rejects a bad preset before any work (its error lists the allowed ones); it must allow
+    # every preset deq/presets.py defines, and no other.
+    import yaml
+
+    from deq.rows.lm_config import PRESETS as ROW_PRESETS
+
+    with open(Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml") as file:
+        enum = yaml.safe_load(file)["properties"]["preset"]["enum"]
+    assert enum == list(PRESETS) == list(ROW_PRESETS)
+    assert all(name == record.name for name, record in PRESETS.items())

@@ -6,9 +6,7 @@
 - :func:`make_copy_memory`, :func:`copy_memory_splits`: Table 1's synthetic task.
 """
 
-from .copy_memory import copy_memory_splits, make_copy_memory
-from .corpus import SPLITS, VOCAB_SIZES, Corpus, batchify, prepare, segments
-from .download import CHECKSUMS, DATASETS, MIRROR_ENV, DataFile, MissingDataError, Source, fetch
+from deq.lazy import exports
 
 __all__ = [
     "CHECKSUMS",
@@ -27,3 +25,11 @@ __all__ = [
     "prepare",
     "segments",
 ]
+
+# Loaded on first use (deq.lazy): the row registry reads VOCAB_SIZES without importing torch.
+__getattr__, __dir__ = exports(__name__, {
+    **dict.fromkeys(("copy_memory_splits", "make_copy_memory"), "deq.data.copy_memory"),
+    **dict.fromkeys(("SPLITS", "Corpus", "batchify", "prepare", "segments"), "deq.data.corpus"),
+    **dict.fromkeys(("CHECKSUMS", "DATASETS", "MIRROR_ENV", "VOCAB_SIZES", "DataFile", "MissingDataError", "Source",
+                     "fetch"), "deq.data.download"),
+})

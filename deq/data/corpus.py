@@ -49,15 +49,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deq.data.download import check_dataset, fetch, sha256_file, source_digests
+from deq.data.download import VOCAB_SIZES, check_dataset, fetch, sha256_file, source_digests
 from deq.io import default_file_mode, exclusive_lock
 
-__all__ = ["SPLITS", "VOCAB_SIZES", "Corpus", "batchify", "prepare", "segments"]
+__all__ = ["SPLITS", "Corpus", "batchify", "prepare", "segments"]
 
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 SPECIALS = (EOS,)  # ids 0.. in this order, before every word
-VOCAB_SIZES = {"ptb": 10_000, "wikitext-2": 33_278, "wikitext-103": 267_735}  # <eos> included
 FORMAT = 2  # of the prepared folder; bump when the layout or the vocabulary rule changes
 ENCODE_CHUNK = 1 << 20  # tokens encoded before each write
 DTYPE = np.dtype("<i4")  # int32, as stored in the .npy files

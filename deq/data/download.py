@@ -47,6 +47,7 @@ __all__ = [
     "MIRROR_ENV",
     "DataFile",
     "MissingDataError",
+    "VOCAB_SIZES",
     "Source",
     "check_dataset",
     "download",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 DATASETS = ("ptb", "wikitext-2", "wikitext-103", "copy-memory")
+# Words in each corpus's vocabulary, <eos> included (PAPER.md, Data); prepare() checks a built vocabulary against it.
+VOCAB_SIZES = {"ptb": 10_000, "wikitext-2": 33_278, "wikitext-103": 267_735}
 MIRROR_ENV = "DEQ_DATA_MIRROR"
 MANIFEST = "SHA256SUMS"  # per dataset folder: the digest each file was verified against
 CHUNK = 1 << 20  # bytes per read while hashing, copying and downloading

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deq.data.download import VOCAB_SIZES
 from deq.models.cell_configs import TransformerCellConfig, TrellisCellConfig
+from deq.presets import PRESETS
 from deq.settings import SolverSettings
 
 __all__ = ["DATASETS", "DRIVERS", "FAMILIES", "PRESETS", "LMConfig"]
 
-# name -> vocabulary size (PAPER.md, Data). WikiText-2 stands in for WikiText-103 at small presets.
-DATASETS = {"ptb": 10_000, "wikitext-2": 33_278, "wikitext-103": 267_735}
+# The corpora a row can read, name -> vocabulary size. WikiText-2 stands in for WikiText-103 at small presets.
+DATASETS = VOCAB_SIZES
 FAMILIES = ("transformer", "trellis")
 DRIVERS = ("deq", "weight_tied", "untied")
-PRESETS = ("smoke", "cpu", "paper")
 _CELL_CONFIGS = {"transformer": TransformerCellConfig, "trellis": TrellisCellConfig}
 
 

@@ -1,5 +1,5 @@
-# Helper functions shared by the rules; no rules here. The study itself (runs and budgets per preset)
-# is deq/study.py, so the tests and the workflow read one definition.
+# Helper functions shared by the rules; no rules here. The study itself (which runs) is deq/study.py and
+# each preset's budgets deq/presets.py, so the tests and the workflow read one definition.
 import functools
 import os
 
@@ -7,14 +7,16 @@ from snakemake.exceptions import WorkflowError
 
 from deq.engine.gpus import visible_gpus
 from deq.engine.slurm import has_gpus as slurm_has_gpus
+from deq.presets import preset
 from deq.rows.configs import CONFIGS
-from deq.study import FIGURE2_RUNS, FIGURE3_RUNS, dataset_of, not_trained, size_sweep, study
+from deq.study import FIGURE2_RUNS, dataset_of, not_trained, size_sweep, study
 
 PRESET = config["preset"]
+EVALUATION = preset(PRESET).evaluation  # what the evaluate stage asks of the trained runs
 STUDY = study(PRESET, config["data_root"], config["data_mirror"], config["official_code"])
 NOT_TRAINED = not_trained(PRESET)  # rows of Tables 1-3 this preset does not train, and why
 SIZE_SWEEP = size_sweep(PRESET)  # (family, size, DEQ run, explicit run)
-FIGURE3_RUN = FIGURE3_RUNS[PRESET]
+FIGURE3_RUN = EVALUATION.figure3_run
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")
 DEQ_LM_RUNS = [name for name, run in STUDY.items() if run.row in CONFIGS and CONFIGS[run.row].driver == "deq"]
 

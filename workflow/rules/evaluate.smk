@@ -1,4 +1,5 @@
-# Evaluation of trained runs: Figure 2's convergence curves and Figure 3's solver sweep.
+# Evaluation of trained runs: Figure 2's convergence curves and Figure 3's solver sweep. How much each
+# evaluates at the configured preset is deq/presets.py's (EVALUATION, from common.smk).
 
 
 rule convergence:
@@ -13,7 +14,7 @@ rule convergence:
     params:
         runs={name: run_dir(name) for name in FIGURE2_RUNS},
         early={name: STUDY[name].early_step for name in FIGURE2_RUNS},
-        n_evals={"smoke": 6, "cpu": 60, "paper": 350}[PRESET],
+        n_evals=EVALUATION.convergence_evals,
     threads: 1
     resources:
         gpu=gpus(1),
@@ -34,9 +35,9 @@ rule sweep:
         f"results/benchmarks/{PRESET}/rules/sweep.tsv"
     params:
         run=lambda wildcards, input: os.path.dirname(input[0]),
-        tols=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
-        caps={"smoke": [1, 2, 4], "cpu": [2, 4, 8, 12, 16, 24, 30], "paper": [5, 10, 15, 20, 30, 40, 50]}[PRESET],
-        max_tokens={"smoke": 64, "cpu": 5_000, "paper": None}[PRESET],
+        tols=list(EVALUATION.sweep_tols),
+        caps=list(EVALUATION.sweep_caps),
+        max_tokens=EVALUATION.sweep_max_tokens,
     threads: 1
     resources:
         gpu=gpus(1),
@@ -60,8 +61,8 @@ rule runtime_trained:
     params:
         deq=lambda wildcards, input: os.path.dirname(input[0]),
         explicit=lambda wildcards, input: os.path.dirname(input[1]),
-        max_tokens={"smoke": 64, "cpu": 5_000, "paper": 100_000}[PRESET],
-        rounds={"smoke": 2, "cpu": 6, "paper": 6}[PRESET],
+        max_tokens=EVALUATION.runtime_max_tokens,
+        rounds=EVALUATION.runtime_rounds,
     threads: all_cores()
     resources:
         gpu=gpus(1),
