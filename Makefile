@@ -16,7 +16,7 @@ MIRROR ?= $(abspath $(wildcard ../shared/data))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
-.PHONY: run locked-run test test-slurm bench gpu-bench paper-memory paper-runtime clean
+.PHONY: run locked-run test test-slurm bench gpu-bench paper-memory paper-runtime readme clean
 
 # --keep-going: one failed run (its log says why) does not stop the others; the tables then wait for it.
 # After a crash (SIGKILL, power loss) `make run` simply finishes the study: it holds RUN_LOCK for the
@@ -99,6 +99,13 @@ $(VENV)/.installed: pyproject.toml
 clean:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name reference -exec rm -rf {} +
 	rm -rf .snakemake .pytest_cache
+
+# README's Performance section rendered from the committed CSVs of results/reference/cpu/
+# (deq/report/readme.py; `python -m deq.report.readme --check` changes nothing and names stale blocks).
+# Remeasure one first with `python -m deq.report.readme measure NAME --checkout DIR` (NAME: solvers,
+# memory, depth or runtime; DIR a clean checkout of the revision, e.g. a git worktree).
+readme: $(VENV)/.installed
+	$(VENV)/bin/python -m deq.report.readme
 
 # Tables 2-3's memory columns at the paper's exact widths on this machine (about an hour on 2 cores);
 # commit results/reference/cpu/memory_paper.csv and README.md afterwards.

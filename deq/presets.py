@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PRESETS", "Evaluation", "Preset", "Training"]
+__all__ = ["PRESETS", "Benchmarks", "DepthScale", "Evaluation", "GpuScale", "Preset", "RuntimeScale", "SolverScale",
+           "Training", "preset"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Preset:
     name: str
     training: Training
     evaluation: Evaluation
+    bench: Benchmarks
 
 
 # ---- training budgets ------------------------------------------------------------------------------
@@ -98,6 +100,8 @@ PAPER_TRAINING = Training(
               eval_batch_size=100, eval_every=2_500, checkpoint_every=1_000, trace_every=500),
     early_step=40_000,
 )
+
+# ---- benchmark scales ------------------------------------------------------------------------------
 
 # The sizes of the benchmarks of deq.bench at each preset: smoke exercises the code in seconds, cpu is a
 # few minutes on 2 cores, paper the paper's scale (for a GPU where one is present).
@@ -166,18 +170,17 @@ class Benchmarks:
 
 SMOKE_CELL = dict(d_model=32, n_head=2, d_inner=64, seq_len=16, batch=2)
 CPU_CELL = dict(d_model=256, n_head=4, d_inner=1024, seq_len=128, batch=8)  # the solver issue's setting
-BENCH = {
-    "smoke": Benchmarks(SolverScale(**SMOKE_CELL, rounds=1, max_iter=12, backward_max_iter=12, fixed_nfe=8), None,
-                        DepthScale("smoke", 16, 2), RuntimeScale(8, 2, 3, 2, "ptb", paper_depth=False),
-                        GpuScale("cpu", "wikitext-2", 8, 2, 8, 2, {"memory": 2, "paper_memory": 2, "runtime": 3,
-                                                                   "throughput": 1})),
-    "cpu": Benchmarks(SolverScale(**CPU_CELL, rounds=5), 30.0, DepthScale("cpu", 150, 15),
-                      RuntimeScale(64, 4, 6, 3, "ptb", paper_depth=True)),
-    "paper": Benchmarks(SolverScale(**CPU_CELL, rounds=10), 900.0, DepthScale("paper", 150, 15),
-                        RuntimeScale(150, 15, 6, 3, "wikitext-103", paper_depth=True),
-                        GpuScale("cuda", "wikitext-103", 150, 56, 150, 5, {"memory": 60, "paper_memory": 90,
-                                                                           "runtime": 120, "throughput": 45})),
-}
+SMOKE_BENCH = Benchmarks(
+    SolverScale(**SMOKE_CELL, rounds=1, max_iter=12, backward_max_iter=12, fixed_nfe=8), None,
+    DepthScale("smoke", 16, 2), RuntimeScale(8, 2, 3, 2, "ptb", paper_depth=False),
+    GpuScale("cpu", "wikitext-2", 8, 2, 8, 2, {"memory": 2, "paper_memory": 2, "runtime": 3, "throughput": 1}))
+CPU_BENCH = Benchmarks(SolverScale(**CPU_CELL, rounds=5), 30.0, DepthScale("cpu", 150, 15),
+                       RuntimeScale(64, 4, 6, 3, "ptb", paper_depth=True))
+PAPER_BENCH = Benchmarks(
+    SolverScale(**CPU_CELL, rounds=10), 900.0, DepthScale("paper", 150, 15),
+    RuntimeScale(150, 15, 6, 3, "wikitext-103", paper_depth=True),
+    GpuScale("cuda", "wikitext-103", 150, 56, 150, 5, {"memory": 60, "paper_memory": 90, "runtime": 120,
+                                                        "throughput": 45}))
 
 
 # ---- the presets -----------------------------------------------------------------------------------
@@ -185,13 +188,13 @@ BENCH = {
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("smoke", SMOKE_TRAINING, Evaluation(
         convergence_evals=6, sweep_caps=(1, 2, 4), sweep_max_tokens=64, runtime_max_tokens=64, runtime_rounds=2,
-        figure3_run="wt103-deq-transformer-medium")),
+        figure3_run="wt103-deq-transformer-medium"), SMOKE_BENCH),
     Preset("cpu", CPU_TRAINING, Evaluation(
         convergence_evals=60, sweep_caps=(2, 4, 8, 12, 16, 24, 30), sweep_max_tokens=5_000,
-        runtime_max_tokens=5_000, runtime_rounds=6, figure3_run="wt103-deq-transformer-small")),
+        runtime_max_tokens=5_000, runtime_rounds=6, figure3_run="wt103-deq-transformer-small"), CPU_BENCH),
     Preset("paper", PAPER_TRAINING, Evaluation(
         convergence_evals=350, sweep_caps=(5, 10, 15, 20, 30, 40, 50), sweep_max_tokens=None,
-        runtime_max_tokens=100_000, runtime_rounds=6, figure3_run="wt103-deq-transformer-medium")),
+        runtime_max_tokens=100_000, runtime_rounds=6, figure3_run="wt103-deq-transformer-medium"), PAPER_BENCH),
 )}
 
 

@@ -12,6 +12,8 @@ import deq
 import torch
 
 from deq.bench import depth, memory
+from deq.bench.common import columns, scales
+from deq.report.benchmarks import best_possible_reduction, explicit_line
 from deq.engine.memory import AllocatorPeak
 from deq.rows.build import build_cell
 from deq.rows.configs import CONFIGS, get_config
@@ -36,14 +38,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def depth_rows(one_thread):
-    return depth.run_depth_benchmark("smoke")
+    return [columns(r) for r in depth.run_depth_benchmark("smoke")]  # the CSV's records
 
 
 @pytest.fixture(scope="module")
 def protocol_rows(one_thread, tmp_path_factory):
     out = tmp_path_factory.mktemp("memory")
     rows = memory.run_memory_benchmark("smoke", out / "memory.csv", out / "memory.md")
-    return rows, out
+    return [columns(r) for r in rows], out  # the CSV's records
 
 
 def _by(rows, family, model):
@@ -130,7 +132,7 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # importing it now raises ImportError
     row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", memory.Scale("smoke", False, 8, 2)),
                              memory.Scale("smoke", False, 8, 2), steps=1, device="cpu")
-    assert row["nvml"] is False and math.isfinite(row["memory_bytes"])
+    assert row.nvml is False and math.isfinite(row.memory_bytes)
 
 
 def test_solver_buffer_account_names_an_unknown_solver():
@@ -197,8 +199,8 @@ def test_best_possible_reduction_is_one_layer_against_depth_layers():
     # The bound the depth table prints: explicit totals on a line I + depth x L (I = 5: parameter state,
     # input/readout, temporaries; L = 10 per layer), so a DEQ holding one layer's worth gets (I + L).
     by = {("explicit", d): {"total_bytes": 5 + 10 * d} for d in depth.DEPTHS}
-    assert depth.explicit_line(by) == pytest.approx((5, 10))
-    assert depth.best_possible_reduction(by, 16) == pytest.approx(1 - (5 + 10) / (5 + 160))
+    assert explicit_line(by) == pytest.approx((5, 10))
+    assert best_possible_reduction(by, 16) == pytest.approx(1 - (5 + 10) / (5 + 160))
 
 
 @pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))
@@ -207,7 +209,7 @@ def test_measured_totals_hold_what_was_saved_and_the_state(depth_rows, family):
     # forward ends). The total adds what was alive before the step, outside the peak: the cell's float32
     # weights and Adam's two moments, 3 x 4 bytes per parameter of the cell, counted here on the cell
     # itself; its gradients are made inside the step, so they are in the peak and must not be added.
-    cell = build_cell(get_config(depth.DEPTH_ROWS[family], depth.DEPTH_PRESETS["smoke"].model_preset))
+    cell = build_cell(get_config(depth.DEPTH_ROWS[family], scales("smoke").depth.model_preset))
     weights = 4 * sum(p.numel() for p in cell.parameters())
     for r in depth_rows:
         if r["family"] == family:

@@ -11,14 +11,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from deq.bench.gpu import DEVICE_FIELDS, PARTS, THROUGHPUT_FIELDS
-from deq.bench.runtime import ENTRIES, PAIRS, PHASES, add_ratios, preset_config, run_runtime_benchmark
+from deq.bench.common import columns
+from deq.bench.gpu import DEVICE_FIELDS, PARTS, ThroughputRow
+from deq.bench.runtime import ENTRIES, PAIRS, PHASES, preset_config, ratios, run_runtime_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 # Installed here but absent from the GPU machine's minimal environment (torch, numpy, pandas,
@@ -41,10 +43,10 @@ def smoke(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two busy OpenMP threads per process thrash a shared 2-core box
     try:
-        rows = run_runtime_benchmark("smoke", out / "runtime.csv", out / "runtime.md")
+        rows = [columns(r) for r in run_runtime_benchmark("smoke", out / "runtime.csv", out / "runtime.md")]
     finally:
         torch.set_num_threads(threads)
-    return rows, out / "runtime.csv", out / "runtime.md"
+    return rows, out / "runtime.csv", out / "runtime.md"  # the CSV's records
 
 
 def by_key(rows):
@@ -80,17 +82,14 @@ def test_paired_ratio_divides_each_round_by_the_same_rounds_explicit_step():
     # Hand-made walls (seconds) where the two ratios differ: per round 3/1, 2/2, 12/4 = 3, 1, 3, so the
     # paired ratio is their median 3 (inclusive quartiles of 1, 3, 3: 2 and 3); the ratio of medians is
     # 3 / 2 = 1.5. Pairing a round with another round's or phase's explicit step gives something else.
-    walls = {("explicit", "train"): [1.0, 2.0, 4.0], ("deq", "train"): [3.0, 2.0, 12.0],
-             ("explicit", "infer"): [2.0, 2.0, 2.0], ("deq", "infer"): [2.4, 2.4, 2.4]}
-    rows = [{"entry": entry, "phase": phase} for entry, phase in walls]
-    add_ratios(rows, walls, PAIRS["transformer"])
-    explicit_train, train, explicit_infer, infer = rows
-    assert "ratio" not in explicit_train and "ratio" not in explicit_infer
+    train = ratios("deq", "train", [3.0, 2.0, 12.0], [1.0, 2.0, 4.0], PAIRS["transformer"])
+    infer = ratios("deq", "infer", [2.4, 2.4, 2.4], [2.0, 2.0, 2.0], PAIRS["transformer"])
     assert (train["ratio"], train["ratio_q1"], train["ratio_q3"]) == pytest.approx((3, 2, 3))
     assert train["ratio_of_medians"] == pytest.approx(1.5) and train["round_ratios"] == "3.0000 1.0000 3.0000"
     assert infer["ratio"] == infer["ratio_of_medians"] == pytest.approx(1.2)
-    # goals: training 2.0, inference 1.3; the paper's Table 4 ratios beside them
+    # goals: training 2.0, inference 1.3, judged on the DEQ entry only; the paper's Table 4 ratios beside them
     assert (train["goal_met"], infer["goal_met"]) == (False, True)
+    assert ratios("deq_matched", "infer", [2.4], [2.0], PAIRS["transformer"])["goal_met"] is None
     assert (train["paper_ratio"], infer["paper_ratio"]) == (2.82, 1.76)
 
 
@@ -177,7 +176,8 @@ def test_gpu_script_shrunk_runs_every_part_and_writes_its_files(tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert set(pd.read_csv(out / "runtime.csv")["pair"]) == set(PAIRS)
     throughput = pd.read_csv(out / "throughput.csv")
-    assert list(throughput.columns) == list(THROUGHPUT_FIELDS) and (throughput["tokens_per_s"] > 0).all()
+    assert list(throughput.columns) == [f.name for f in fields(ThroughputRow)]
+    assert (throughput["tokens_per_s"] > 0).all()
 
 
 def test_gpu_script_skips_what_does_not_fit_and_says_so(tmp_path):
@@ -207,7 +207,7 @@ def test_timed_solves_take_every_setting_the_training_step_uses(monkeypatch):
     from dataclasses import replace
 
     import deq
-    from deq.bench.runtime import solver_breakdown
+    from deq.bench.runtime import breakdown
     from deq.rows.build import build_model
     from deq.rows.configs import get_config
 
@@ -219,6 +219,8 @@ def test_timed_solves_take_every_setting_the_training_step_uses(monkeypatch):
     batch = (torch.randint(0, row.n_token, (2, 6)), torch.randint(0, row.n_token, (2, 6)))
     calls, real = [], deq.solve
     monkeypatch.setattr(deq, "solve", lambda f, z0, **kwargs: calls.append(kwargs) or real(f, z0, **kwargs))
-    solver_breakdown(model, settings, batch, None, "train", repeats=1, device="cpu")
-    assert calls == [settings.forward_args(training=True), settings.backward_args()]
-    assert calls[0]["m"] == 3 and calls[1]["m"] == 4 and calls[1]["solver"] == "broyden"
+    breakdown(model, settings, batch, None, "train", repeats=1, device="cpu")
+    forward, backward = settings.forward_args(training=True), settings.backward_args()
+    assert forward["m"] == 3 and backward["m"] == 4 and backward["solver"] == "broyden"  # what the row sets
+    assert forward in calls and backward in calls  # both solves were timed ...
+    assert all(call in (forward, backward) for call in calls), calls  # ... each with nothing dropped

@@ -26,7 +26,7 @@ PACKAGES = ("deq", "baselines")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Stdlib-only helpers and facts that any layer may use: atomic writes and file locks, a package's
     # lazily imported names, the presets' budgets.
-    ("foundation", ("deq.io", "deq.lazy", "deq.presets")),
+    ("foundation", ("deq.io", "deq.lazy", "deq.presets", "deq.provenance")),
     # Corpora and the copy-memory task: downloads, tokens, batches. Tensors only, no models.
     ("data", ("deq.data", "deq.data.*")),
     # The solver library: solve z = f(z) and differentiate through the solution, given only f and a

@@ -1,13 +1,10 @@
-"""deq/bench/paper_memory.py: memory at the paper's widths, batch extrapolation and its check, the README table."""
-
-from pathlib import Path
+"""deq/bench/paper_memory.py: memory at the paper's widths, batch extrapolation and its check."""
 
 import pandas as pd
 import pytest
 
 from deq.bench import paper_memory as pm
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("ptb-deq-trellisnet", "ptb-trellisnet-60-aux")
 
 
@@ -56,14 +53,6 @@ def test_a_row_over_the_budget_is_extrapolated_and_says_so():
 def test_unknown_rows_are_rejected_naming_them():
     with pytest.raises(ValueError, match=r"unknown row\(s\) \['nope'\]"):
         pm.run_paper_memory(None, names=("nope",), variants=())
-
-
-def test_readme_table_is_the_committed_csv():
-    # The README's paper-width memory table is rendered from the committed measurement, never typed.
-    csv = ROOT / "results" / "reference" / "cpu" / "memory_paper.csv"
-    readme = (ROOT / "README.md").read_text()
-    shown = pm.README_START + readme.split(pm.README_START, 1)[1].split(pm.README_END, 1)[0] + pm.README_END
-    assert shown == pm.render_readme_table(pd.read_csv(csv)), "rerun: python -m deq.bench.paper_memory --readme-only"
 
 
 def test_tables_show_the_paper_width_row_beside_the_papers(smoke_rows):

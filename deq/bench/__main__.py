@@ -10,7 +10,8 @@ import argparse
 import importlib
 from pathlib import Path
 
-PRESETS = ("smoke", "cpu", "paper")
+from deq.presets import PRESETS
+
 # benchmark name -> (module, function); imported on use so that one benchmark's imports don't slow another
 BENCHMARKS = {
     "solvers": ("deq.bench.solvers", "run_benchmark"),
@@ -23,7 +24,7 @@ BENCHMARKS = {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deq.bench", description=__doc__.splitlines()[0])
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS), help="which benchmark to run")
-    parser.add_argument("--preset", choices=PRESETS, default="cpu", help="problem size (default: cpu)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu", help="problem size (default: cpu)")
     parser.add_argument("--out", type=Path, default=None, help="folder for <benchmark>.csv and .md (default: print only)")
     args = parser.parse_args(argv)
     module, function = BENCHMARKS[args.benchmark]

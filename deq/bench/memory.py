@@ -3,30 +3,21 @@
 ``run_memory_benchmark(preset)``: every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each
 explicit counterpart) trains ``steps`` steps (forward + backward + Adam; the first ones warm up and
 create the segment memory) on random tokens at sequence 150, batch 15, and the last step is measured
-with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"):
+with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"); the columns are
+:class:`MemoryRow`'s and :class:`StepMemory`'s fields:
 
-- ``memory_bytes``: the allocator's peak over forward + backward with the word embedding frozen
-  (:class:`~deq.engine.memory.AllocatorPeak`: ``torch.cuda.max_memory_allocated`` on CUDA, ``method``
-  'cuda-max-allocated'; on CPU, which has no such counter, the largest running total of the
-  allocations the profiler recorded, ``method`` 'cpu-allocator-peak'), plus what was alive before the
-  step apart from the embedding (weights and Adam moments). It holds activations, solver buffers,
-  gradients and the backward's temporaries. Excluding the embedding by subtracting its state is not
-  enough: the dense gradient of a 267K-word embedding and its backward's temporaries make most of a
-  small row's peak, so the measured step leaves the embedding (and a softmax weight tied to it) out of
-  the backward. The optimiser's update is left out too: Adam's foreach kernels allocate a temporary
-  copy of every parameter. On CUDA the allocator's peak over that whole step, embedding and update
-  included, is kept beside it (``cuda_step_peak_bytes``), with NVML's process peak
-  (:class:`~deq.engine.memory.MemoryMonitor`; it includes the CUDA context and the allocator's cache, so it
-  is not embedding-free). The profiler slows the measured CPU step (``step_s``);
-- everywhere, an account of the bytes that make the peak: the bytes autograd saved for backward,
-  embedding excluded (``activation_bytes``; of them, those saved inside the driver:
-  ``driver_activation_bytes``); the solvers' buffers, *computed* from the solver's code, its history
-  m and the state size B x T x d_state (see :func:`solver_buffer_bytes`; the forward and backward
-  solves do not overlap, so the larger one counts); the non-embedding parameters, gradients and Adam
-  moments as the optimizer holds them; ``total_bytes`` is their sum. It names the parts and misses
-  the temporaries. Peak RSS (sampled over the measured step) is given too; it includes the
-  embedding, the Python interpreter and whatever the allocator keeps, so it is context, not the
-  protocol's number.
+- ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`:
+  ``torch.cuda.max_memory_allocated`` on CUDA, ``method`` 'cuda-max-allocated'; on CPU the largest
+  running total of the allocations the profiler recorded, ``method`` 'cpu-allocator-peak'), plus what
+  was alive before the step apart from the embedding (weights and Adam moments). Excluding the
+  embedding by subtracting its state is not enough: the dense gradient of a 267K-word embedding and
+  its backward's temporaries make most of a small row's peak, so the measured step leaves the
+  embedding (and a softmax weight tied to it) out of the backward. The optimiser's update is left out
+  too: Adam's foreach kernels allocate a temporary copy of every parameter;
+- ``total_bytes``, an account of the bytes that make the peak: saved activations, the solvers'
+  buffers *computed* from the solver's code (:func:`solver_buffer_bytes`; the forward and backward
+  solves do not overlap, so the larger one counts) and the non-embedding parameter state. It names
+  the parts and misses the temporaries.
 
 Tokens are drawn from a Zipf (1/rank) law, the shape of a frequency-sorted vocabulary: uniform ids
 would put most targets in the adaptive softmax's tail clusters and inflate its activations. A DEQ
@@ -36,10 +27,8 @@ largest scale of a ladder that fits: paper widths at batch 15, 8, 4, 2, 1, then 
 widths at the paper's depth, then the ``cpu`` preset itself (depth / 4), each at batch 15 ... 1; the
 ``scale`` column says which ran and ``scale_reason`` why. Activation checkpointing hides its saves from
 the hooks, so a checkpointed row adds what it keeps: every layer's input z and one layer recomputed in
-the backward (``activation_method`` says so). A DEQ and its explicit
-counterparts always run at one scale, so each explicit row's ``reduction`` (1 - DEQ / this row) is
-like for like; ``driver_reduction`` compares only the driver's accounted part (its activations, solver buffers
-and parameter state), without the embedding-side softmax that both rows share.
+the backward (``activation_method`` says so). A DEQ and its explicit counterparts always run at one
+scale, so each explicit row's ``reduction`` (1 - DEQ / this row) is like for like.
 
 Memory against effective depth (DEQ vs weight-tied stack) is :mod:`deq.bench.depth`.
 
@@ -52,27 +41,22 @@ from __future__ import annotations
 import gc
 import inspect
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from baselines.drivers import WeightTiedDriver
-from deq.engine.memory import AllocatorPeak, MemoryMonitor, SavedActivations, adam_state_bytes, device_name
-from deq.io import atomic_write_text
-from deq.models.drivers import DEQDriver
-from deq.rows.build import build_cell, build_model
+from deq.bench.common import clock, columns, measure_step, scales, write_rows, zipf_tokens
+from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
+from deq.report.benchmarks import render_memory
+from deq.rows.build import build_model
 from deq.rows.configs import CONFIGS, LMConfig, get_config
 from deq.settings import SolverSettings
 from deq.solvers import SOLVERS
 
-__all__ = ["PAIRS", "PRESETS", "Scale", "run_memory_benchmark", "solver_buffer_bytes"]
+__all__ = ["PAIRS", "MemoryRow", "Scale", "StepMemory", "run_memory_benchmark", "solver_buffer_bytes"]
 
-PRESETS = ("smoke", "cpu", "paper")
 PROTOCOL_SEQ, PROTOCOL_BATCH = 150, 15  # the paper's memory protocol
 # DEQ row -> its explicit counterparts in the paper's tables.
 PAIRS = {
@@ -82,10 +66,13 @@ PAIRS = {
     "wt103-deq-transformer-medium-adaptive": ("wt103-transformer-xl-medium-18-adaptive",),
     "wt103-deq-transformer-small": ("wt103-transformer-xl-small-4", "wt103-transformer-xl-small-tied-16"),
 }
-MB = 1e6
 
 
 # ---- what the solvers hold ------------------------------------------------------------------------
+
+# solver -> (B, d) vectors of its history with m slots (the solvers that have a buffer account)
+HISTORY = {"anderson": lambda m: 2 * m + 2, "broyden": lambda m: 2 * m, "picard": lambda m: 0}
+
 
 def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d: int, itemsize: int = 4) -> int:
     """Bytes a solve allocates for its history, computed from the solver's code (deq/solvers/).
@@ -94,17 +81,16 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
     (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
     unless given (and never above it); Picard: nothing. Every solver's trace also keeps its best
     iterate (B, d). The working vectors (B, d) of the current step are not counted: measured with a cheap
-    f (its output included), Anderson 6, Broyden 14, Picard 5, whatever the cap
-    (``tests/test_bench_memory.py``). Broyden holds
-    ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
+    f (its output included), Anderson 6, Broyden 14, Picard 5, whatever the cap (``tests/test_bench_memory.py``).
+    Broyden holds ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
+    if solver not in HISTORY:
+        raise ValueError(f"unknown solver {solver!r} (no buffer account); choose from {sorted(HISTORY)}")
     m = options.get("m", inspect.signature(SOLVERS[solver]).parameters.get("m", None))
     m = getattr(m, "default", m)
     if solver == "broyden":
         m = max(1, max_iter - 1 if m is None else min(m, max_iter - 1))
-    vectors = {"anderson": lambda: 2 * m + 2, "broyden": lambda: 2 * m, "picard": lambda: 0}[solver]() + 1
+    vectors = HISTORY[solver](m) + 1
     gram = batch * m * m * 8 if solver == "anderson" else 0
     return vectors * batch * d * itemsize + gram
 
@@ -166,7 +152,7 @@ def config_at(name: str, scale: Scale) -> LMConfig:
 # the cpu preset (depth / 4); each with batch 15 down to 1.
 LADDER = tuple(Scale(p, deep, PROTOCOL_SEQ, b) for p, deep in (("paper", True), ("cpu", True), ("cpu", False))
                for b in (15, 8, 4, 2, 1))
-ROW_BUDGET_S = {"cpu": 30.0, "paper": 900.0}  # seconds for all steps of one row, estimated
+SMOKE_SCALE = Scale("smoke", True, 24, 3)  # where a preset gives no time budget: exercises the code only
 
 
 def _zipf_mass(n_token: int, lo: int, hi: int) -> float:
@@ -244,7 +230,7 @@ def estimate(cfg: LMConfig, scale: Scale, steps: int, device: str) -> tuple[floa
 
 
 def _memory_budget(device: str) -> float:
-    """Half the free memory of the device (CPU: MemAvailable), in bytes."""
+    """The bytes a row may plan for: 80% of the GPU's free memory, half of MemAvailable on a CPU."""
     if device == "cuda":
         return 0.8 * torch.cuda.mem_get_info()[0]
     try:
@@ -273,14 +259,33 @@ def plan(names: tuple[str, ...], ladder: tuple[Scale, ...], budget_s: float, ste
     return ladder[-1], f"{first_miss}; nothing smaller on the ladder"
 
 
-# ---- protocol benchmark: one row ------------------------------------------------------------------
+# ---- the measured step of one row -----------------------------------------------------------------
 
-def zipf_tokens(n_token: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Random ids with P(id) proportional to 1 / (id + 1): a frequency-sorted vocabulary's shape."""
-    weights = 1.0 / torch.arange(1, n_token + 1, dtype=torch.float64)
-    ids = torch.multinomial(weights, math.prod(shape), replacement=True,
-                            generator=torch.Generator().manual_seed(seed))
-    return ids.view(shape)
+@dataclass
+class StepMemory:
+    """The measured (last) training step of one row; bytes exclude the word embedding unless said."""
+
+    fwd_iters: int | None  # the DEQ's forward iterations in the step (None: explicit)
+    bwd_iters: int | None  # ... and its backward's
+    fwd_buffer_bytes: int  # forward solver's history, computed (deq_buffer_bytes)
+    bwd_buffer_bytes: int  # backward solver's history, computed
+    param_state_bytes: int  # parameters, gradients and Adam moments as the optimizer holds them
+    driver_param_state_bytes: int  # ... of the driver alone
+    embedding_state_bytes: int  # the word embedding's (excluded from everything else)
+    activation_bytes: int  # saved for backward (saved-tensor hooks)
+    driver_activation_bytes: int  # ... of them, saved inside the driver
+    activation_method: str  # how activation_bytes was counted (checkpointing hides its saves)
+    total_bytes: int  # accounted: activations + the larger solver buffer + parameter state
+    driver_bytes: int  # the driver's part of total_bytes (no embedding-side softmax)
+    cuda_step_peak_bytes: int | None  # CUDA: allocator's peak over the whole step, embedding and update in
+    nvml: bool  # NVML sampled (CUDA only)
+    nvml_reason: str | None  # why not
+    nvml_process_peak_bytes: int | None  # NVML's process peak: CUDA context and cache included
+    rss_peak_bytes: int | None  # resident set sampled over the step: interpreter and embedding included
+    method: str  # how memory_bytes was measured: 'cuda-max-allocated' or 'cpu-allocator-peak'
+    memory_bytes: int  # the protocol's number: allocator peak over forward + backward + held before
+    step_s: float  # the measured forward + backward (under the profiler on a CPU)
+    warmup_s: float  # the steps before it
 
 
 def _state_bytes(params, optimizer: torch.optim.Optimizer) -> int:
@@ -293,20 +298,7 @@ def _state_bytes(params, optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-@contextmanager
-def _frozen(params) -> Iterator[None]:
-    """``params`` need no gradient inside the block (then they do again)."""
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warmup: bool = False) -> dict:
+def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warmup: bool = False) -> StepMemory:
     """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring).
 
     ``cheap_warmup``: a DEQ row's warm-up steps run its cell as a one-layer stack (the pretraining
@@ -316,46 +308,42 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warm
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     embedding = {p.data_ptr() for p in model.embedding.parameters()}
-    embedding_state = adam_state_bytes(model.embedding.parameters())
+    others = [p for p in model.parameters() if p.data_ptr() not in embedding]
     # Drawn at the protocol's batch (or more) and cut: a smaller batch measures the first samples of the
     # larger one, so that measurements at several batches differ by their size, not by their tokens.
     draw = (steps, max(scale.batch, PROTOCOL_BATCH), scale.seq_len + 1)
-    tokens = zipf_tokens(cfg.n_token, draw)[:, : scale.batch].to(device)
+    tokens = zipf_tokens(cfg.n_token, draw, torch.Generator().manual_seed(0))[:, : scale.batch].to(device)
+    memory = None
+
+    def forward_backward(step: int):
+        out = model(tokens[step, :, :-1], tokens[step, :, 1:], memory)
+        (out.loss if out.aux_loss is None else out.loss + cfg.aux_weight * out.aux_loss).backward()
+        return out
+
+    start = clock(device)
+    for step in range(steps - 1):  # warm-up: the segment memory and Adam's state
+        if cheap_warmup and cfg.driver == "deq":
+            model.set_pretraining(1)
+        memory = forward_backward(step).memory
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    warmup_s = clock(device) - start
+    if cheap_warmup and cfg.driver == "deq":
+        model.set_pretraining(None)
     counter = _SplitCounter(exclude=embedding)
     hooks = [model.driver.register_forward_pre_hook(lambda *_: setattr(counter, "inside", True)),
              model.driver.register_forward_hook(lambda *_: setattr(counter, "inside", False))]
     layer_inputs: list = []  # a checkpointed layer's (z, injection, memory), to recount one layer
-
-    def keep_inputs(_module, args, _output) -> None:
-        if not layer_inputs:
-            layer_inputs.append(args)
     if cfg.checkpoint:
-        hooks.append(model.driver.cell.register_forward_hook(keep_inputs))
-    memory, walls = None, []
-    for step in range(steps):
-        measured = step == steps - 1
-        if cheap_warmup and cfg.driver == "deq":
-            model.set_pretraining(None if measured else 1)
-        start = time.perf_counter()
-        if measured:  # alive before the step, embedding excluded: weights and Adam moments (no gradients)
-            held_before = _state_bytes([p for p in model.parameters() if p.data_ptr() not in embedding], optimizer)
-        with MemoryMonitor() if measured else nullcontext() as monitor, counter if measured else nullcontext(), \
-                _frozen(model.embedding.parameters()) if measured else nullcontext():
-            # The peak of forward + backward; the update's own temporaries (Adam's foreach kernels allocate
-            # a copy of every parameter) are the optimiser's, not the model's.
-            with AllocatorPeak(device) if measured else nullcontext() as peak:
-                out = model(tokens[step, :, :-1], tokens[step, :, 1:], memory)
-                loss = out.loss if out.aux_loss is None else out.loss + cfg.aux_weight * out.aux_loss
-                loss.backward()
-            optimizer.step()
-            if measured:
-                param_state = _state_bytes([p for p in model.parameters() if p.data_ptr() not in embedding], optimizer)
-                driver_state = _state_bytes(list(model.driver.parameters()), optimizer)
-            optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        walls.append(time.perf_counter() - start)
-        memory = out.memory
+        hooks.append(model.driver.cell.register_forward_hook(
+            lambda _module, args, _out: None if layer_inputs else layer_inputs.append(args)))
+    held_before = _state_bytes(others, optimizer)  # weights and Adam moments (no gradients yet)
+    model.embedding.requires_grad_(False)  # (and a softmax weight tied to it) for the measured step only
+    with MemoryMonitor() as monitor:
+        out, peak, step_s = measure_step(lambda: forward_backward(steps - 1), device, counter)
+        optimizer.step()  # its temporaries are the optimiser's, not the model's: outside the peak
+    model.embedding.requires_grad_(True)
+    param_state, driver_state = _state_bytes(others, optimizer), _state_bytes(model.driver.parameters(), optimizer)
     for hook in hooks:
         hook.remove()
     record = monitor.record()
@@ -368,141 +356,93 @@ def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warm
         extra = cfg.n_layer * z.numel() * z.element_size() + one_layer.bytes_excluding
         activations, driver_activations = activations + extra, driver_activations + extra
         activation_method += " + checkpoint inputs (n_layer x z) + one layer recomputed"
-    row = {"fwd_iters": None, "bwd_iters": None, "fwd_buffer_bytes": 0, "bwd_buffer_bytes": 0}
+    fwd_iters = bwd_iters = None
+    fwd = bwd = 0
     if cfg.driver == "deq":
-        info = out.info
+        fwd_iters, bwd_iters = out.info.forward.n_iter, out.info.backward and out.info.backward.n_iter
         fwd, bwd = deq_buffer_bytes(cfg.solver, scale.batch, scale.seq_len, model.driver.cell.d_state)
-        row.update(fwd_iters=info.forward.n_iter, bwd_iters=info.backward and info.backward.n_iter,
-                   fwd_buffer_bytes=fwd, bwd_buffer_bytes=bwd)
-    buffers = max(row["fwd_buffer_bytes"], row["bwd_buffer_bytes"])
-    total = activations + buffers + param_state
-    row.update(
-        param_state_bytes=param_state, driver_param_state_bytes=driver_state, embedding_state_bytes=embedding_state,
-        activation_bytes=activations, driver_activation_bytes=driver_activations, activation_method=activation_method,
-        total_bytes=total, driver_bytes=driver_activations + buffers + driver_state,
-        cuda_step_peak_bytes=record["cuda_max_allocated_bytes"], nvml=record["nvml"], nvml_reason=record["nvml_reason"],
-        nvml_process_peak_bytes=record["gpu_process_peak_bytes"], rss_peak_bytes=record["rss_sampled_peak_bytes"],
-        method="cuda-max-allocated" if device == "cuda" else "cpu-allocator-peak",
-        memory_bytes=held_before + peak.bytes,
-        step_s=walls[-1], warmup_s=sum(walls[:-1]),
-    )
-    del model, optimizer, out, loss, memory
+    row = StepMemory(
+        fwd_iters, bwd_iters, fwd, bwd, param_state, driver_state, adam_state_bytes(model.embedding.parameters()),
+        activations, driver_activations, activation_method, activations + max(fwd, bwd) + param_state,
+        driver_activations + max(fwd, bwd) + driver_state, record["cuda_max_allocated_bytes"], record["nvml"],
+        record["nvml_reason"], record["gpu_process_peak_bytes"], record["rss_sampled_peak_bytes"],
+        "cuda-max-allocated" if device == "cuda" else "cpu-allocator-peak", held_before + peak, step_s, warmup_s)
+    del model, optimizer, out, memory
     gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
     return row
 
 
 # ---- protocol benchmark: every row ------------------------------------------------------------------
 
-def _groups() -> list[tuple[str, ...]]:
-    """Each DEQ row with its counterparts, in the registry's order of the DEQ rows."""
-    return [(deq_name, *counterparts) for deq_name, counterparts in PAIRS.items()]
+@dataclass
+class MemoryRow:
+    """One row of Tables 2-3 at the protocol: a row of ``memory.csv``."""
+
+    name: str  # registry name
+    paper_table: int
+    driver: str  # 'deq', 'weight_tied' or 'untied'
+    scale: str  # the scale that ran (Scale.label)
+    scale_reason: str  # why that one
+    model_preset: str
+    n_layer: int
+    seq_len: int
+    batch: int
+    steps: int
+    device: str
+    n_params_nonembedding: int
+    est_s: float  # the plan's estimate of the steps' seconds
+    est_peak_bytes: float  # ... and of the peak
+    step: StepMemory  # what was measured (its fields are columns)
+    paper_memory_gb: float  # the paper's memory column
+    counterparts: str  # a DEQ's explicit counterparts, ' / '-separated
+    deq: str = ""  # an explicit row's DEQ
+    reduction: float | None = None  # 1 - DEQ / this row, memory_bytes
+    accounted_reduction: float | None = None  # ... total_bytes
+    driver_reduction: float | None = None  # ... driver_bytes
+    paper_reduction: float | None = None  # ... the paper's
 
 
 def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None, md_path: str | Path | None = None,
-                         *, steps: int = 2, budget_s: float | None = None) -> list[dict]:
+                         *, steps: int = 2, budget_s: float | None = None) -> list[MemoryRow]:
     """One row per CONFIGS row (in its order) at the paper's protocol or the largest scale that fits.
 
     ``smoke`` runs smoke-width models (at the paper's depths) on 24 x 3 tokens; ``cpu`` and ``paper`` give
-    each row a time budget (``budget_s``, default 30 s and 900 s for all ``steps``) and pick the scale by
-    estimate.
-    Prints the Markdown; writes CSV / Markdown when paths are given.
+    each row a time budget for all ``steps`` (``budget_s``, default the preset's, :mod:`deq.presets`) and
+    pick the scale by estimate. Prints the Markdown; writes CSV / Markdown when paths are given.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
+    row_budget_s = scales(preset).memory_budget_s
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps=}")
-    grouped = {n for group in _groups() for n in group}
+    groups = [(deq_name, *counterparts) for deq_name, counterparts in PAIRS.items()]
+    grouped = {n for group in groups for n in group}
     if grouped != set(CONFIGS):
         raise ValueError(f"PAIRS must cover CONFIGS exactly; differs by {sorted(grouped ^ set(CONFIGS))}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    measured: dict[str, dict] = {}
-    for group in _groups():
-        if preset == "smoke":
-            scale, reason = Scale("smoke", True, 24, 3), "smoke preset: exercises the code only"
+    measured: dict[str, MemoryRow] = {}
+    for group in groups:
+        if row_budget_s is None:
+            scale, reason = SMOKE_SCALE, "smoke preset: exercises the code only"
         else:
-            scale, reason = plan(group, LADDER, budget_s or ROW_BUDGET_S[preset], steps, device)
+            scale, reason = plan(group, LADDER, budget_s or row_budget_s, steps, device)
         for name in group:
             cfg = config_at(name, scale)
-            est_s, est_peak = estimate(cfg, scale, steps, device)
-            measured[name] = {
-                "name": name, "paper_table": cfg.paper_table, "driver": cfg.driver, "scale": scale.label,
-                "scale_reason": reason, "model_preset": scale.preset, "n_layer": cfg.n_layer,
-                "seq_len": scale.seq_len, "batch": scale.batch, "steps": steps, "device": device_name(),
-                "n_params_nonembedding": _nonembedding(name, scale), "est_s": est_s,
-                "est_peak_bytes": est_peak, **measure_row(cfg, scale, steps, device),
-                "paper_memory_gb": cfg.paper_memory_gb, "counterparts": " / ".join(PAIRS.get(name, ())),
-                "deq": "", "reduction": None, "accounted_reduction": None, "driver_reduction": None,
-                "paper_reduction": None,
-            }
+            total, embedding = _parameter_counts(name, scale.preset, scale.paper_depth)
+            measured[name] = MemoryRow(
+                name, cfg.paper_table, cfg.driver, scale.label, reason, scale.preset, cfg.n_layer, scale.seq_len,
+                scale.batch, steps, device_name(), total - embedding, *estimate(cfg, scale, steps, device),
+                measure_row(cfg, scale, steps, device), cfg.paper_memory_gb, " / ".join(PAIRS.get(name, ())))
     for deq_name, counterparts in PAIRS.items():
+        ours = measured[deq_name]
         for name in counterparts:
-            ours, theirs = measured[deq_name], measured[name]
-            theirs.update(deq=deq_name, reduction=1 - ours["memory_bytes"] / theirs["memory_bytes"],
-                          accounted_reduction=1 - ours["total_bytes"] / theirs["total_bytes"],
-                          driver_reduction=1 - ours["driver_bytes"] / theirs["driver_bytes"],
-                          paper_reduction=1 - ours["paper_memory_gb"] / theirs["paper_memory_gb"])
+            theirs = measured[name]
+            theirs.deq = deq_name
+            theirs.reduction = 1 - ours.step.memory_bytes / theirs.step.memory_bytes
+            theirs.accounted_reduction = 1 - ours.step.total_bytes / theirs.step.total_bytes
+            theirs.driver_reduction = 1 - ours.step.driver_bytes / theirs.step.driver_bytes
+            theirs.paper_reduction = 1 - ours.paper_memory_gb / theirs.paper_memory_gb
     rows = [measured[name] for name in CONFIGS]
-    _write(render_memory_markdown(preset, rows), rows, csv_path, md_path)
-    return rows
-
-
-def _nonembedding(name: str, scale: Scale) -> int:
-    total, embedding = _parameter_counts(name, scale.preset, scale.paper_depth)
-    return total - embedding
-
-
-def _write(markdown: str, rows: list[dict], csv_path, md_path) -> None:
-    import pandas as pd
-
+    markdown = render_memory([columns(r) for r in rows], preset, (PROTOCOL_SEQ, PROTOCOL_BATCH), torch.__version__)
     print(markdown, flush=True)
-    if csv_path is not None:
-        atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
-    if md_path is not None:
-        atomic_write_text(md_path, markdown)
-
-
-def _mb(value) -> str:
-    return "" if value is None else f"{value / MB:.1f}"
-
-
-def _pct(value) -> str:
-    return "" if value is None else f"{100 * value:.1f}%"
-
-
-def render_memory_markdown(preset: str, rows: list[dict]) -> str:
-    lines = [f"# Training memory at the paper's protocol ({preset} preset)", "",
-             f"Protocol: sequence {PROTOCOL_SEQ}, batch {PROTOCOL_BATCH}, word embeddings excluded; each row runs "
-             f"at the scale named (widths, depth, sequence x batch). On {rows[0]['device']} "
-             f"(torch {torch.__version__}); the last of {rows[0]['steps']} training steps (Adam) is measured, on "
-             "Zipf-distributed random tokens. MB = 10^6 bytes. `memory` is the allocator's peak over forward + "
-             "backward with the word embedding frozen (activations, solver buffers, gradients, temporaries) + "
-             "the other weights and their Adam moments, the optimiser's update left out; measured "
-             "by `method` (cpu-allocator-peak: the profiler's record of the CPU allocator; cuda-max-allocated: "
-             "torch's counter). `accounted` = saved activations + the larger of the forward/backward solver "
-             "buffers (computed from the solver, m and B x T x d_state) + non-embedding parameters, gradients "
-             "and Adam moments (no temporaries). RSS includes the embedding and the interpreter; NVML the CUDA "
-             "context and cache. `step s` is under the profiler on a CPU.", "",
-             "| row | scale | method | params state MB | activations MB (driver) | solver buffers fwd / bwd MB | "
-             "memory MB | accounted MB | RSS peak MB | NVML MB | fwd / bwd iters | step s | paper GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        iters = "" if r["fwd_iters"] is None else f"{r['fwd_iters']} / {r['bwd_iters']}"
-        lines.append(
-            f"| {r['name']} | {r['scale']} | {r['method']} | {_mb(r['param_state_bytes'])} | "
-            f"{_mb(r['activation_bytes'])} ({_mb(r['driver_activation_bytes'])}) | "
-            f"{_mb(r['fwd_buffer_bytes'])} / {_mb(r['bwd_buffer_bytes'])} | {_mb(r['memory_bytes'])} | "
-            f"{_mb(r['total_bytes'])} | "
-            f"{_mb(r['rss_peak_bytes'])} | {_mb(r['nvml_process_peak_bytes'])} | {iters} | {r['step_s']:.1f} | "
-            f"{r['paper_memory_gb']} |")
-    lines += ["", "Why each scale: " + "; ".join(dict.fromkeys(f"{r['name']}: {r['scale_reason']}" for r in rows
-                                                          if r["name"] in PAIRS)), "",
-              "| DEQ | vs explicit | memory reduction | accounted | driver-only, accounted | paper's reduction |",
-              "|---|---|---|---|---|---|"]
-    for r in rows:
-        if r["deq"]:
-            lines.append(f"| {r['deq']} | {r['name']} | {_pct(r['reduction'])} | {_pct(r['accounted_reduction'])} | "
-                         f"{_pct(r['driver_reduction'])} | "
-                         f"{_pct(r['paper_reduction'])} |")
-    return "\n".join(lines) + "\n"
+    write_rows(rows, csv_path, md_path, markdown)
+    return rows

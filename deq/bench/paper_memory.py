@@ -18,35 +18,35 @@ measured at batches :data:`FIT_BATCHES`, fitted with peak = a + b * batch (a: wh
 the batch, the parameter state; b: activations, solver buffers and temporaries per sample), and
 extrapolated to 15 (``extrapolated`` True); a row whose estimated cost at batch 15 fits
 ``direct_budget_s`` and half the free memory is also measured at 15, and that measurement is its
-number, with the fit's error at 15 beside it (``fit_error``; the check of the method, printed).
+number, with the fit's error at 15 beside it (``fit_error``; the check of the method, printed). The
+columns are :class:`PaperMemoryRow`'s fields.
 
 Besides the paper rows, :data:`VARIANTS` measures settings that decide what the paper's figures count,
 e.g. the PTB DEQ-TrellisNet solved over the whole 150-token segment instead of v1's subsequences of
 50 (its Broyden history alone, 45 pairs over 2 x 1400 x 150 x 15 float32 numbers, is 2.3 GB).
 
-:func:`render_readme_table` turns the CSV into the README's table of pairs (``--readme`` rewrites it
-between its markers; a test keeps the two equal).
+README's tables of it are rendered by :mod:`deq.report.readme` (``--readme`` runs it after measuring).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from deq.bench.memory import PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, Scale, _memory_budget, config_at, deq_buffer_bytes, \
-    estimate, measure_row, state_width
+from deq.bench.common import columns, write_rows
+from deq.bench.memory import (PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, Scale, _memory_budget, config_at, deq_buffer_bytes,
+                              estimate, measure_row, state_width)
 from deq.engine.memory import device_name
-from deq.io import atomic_write_text
+from deq.provenance import revision
 from deq.rows.configs import CONFIGS, LMConfig
 
-__all__ = ["FIT_BATCHES", "VARIANTS", "fit_line", "render_readme_table", "run_paper_memory"]
+__all__ = ["FIT_BATCHES", "VARIANTS", "PaperMemoryRow", "fit_line", "run_paper_memory"]
 
 # Every row is measured at these batches and extrapolated to 15. Not batch 1: there a transformer row's
 # peak falls before the backward's temporaries grow (measured: XL-small-4 166 MB at batch 1 = its
@@ -57,7 +57,6 @@ DIRECT_BUDGET_S = 120.0  # estimated seconds of a row's two steps at batch 15 un
 UNREACHABLE_TOL = 1e-30  # the DEQ rows run to their caps
 FIT_TOLERANCE = 0.02  # the largest relative error at batch 15 the fit may show where 15 was measured
 GB = 1e9
-README_START, README_END = "<!-- paper-memory:start -->", "<!-- paper-memory:end -->"
 # name -> (the row it varies, SolverSettings changes, what it settles)
 VARIANTS = {
     "ptb-deq-trellisnet@whole-segment": ("ptb-deq-trellisnet", dict(subseq_len=0),
@@ -83,52 +82,75 @@ def fit_line(points: dict[int, float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _revision() -> str:
-    """The checkout's short revision; 'unknown' outside a git checkout or without git (the GPU machine)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+@dataclass
+class PaperMemoryRow:
+    """One row (or variant) at the paper's widths: a row of ``memory_paper.csv``."""
+
+    name: str  # registry row, or a variant of VARIANTS
+    row: str  # the registry row measured
+    paper_table: int
+    driver: str
+    family: str
+    n_layer: int
+    seq_len: int
+    batch: int  # the protocol's batch the row is reported at
+    fit_batches: str  # the batches measured for the fit, space-separated
+    fit_a_bytes: float  # peak = a + b * batch
+    fit_b_bytes: float
+    fit_memory_bytes: float  # the line at the protocol's batch
+    est_s: float  # estimated seconds of two steps at the protocol's batch
+    est_peak_bytes: float  # ... and peak
+    param_state_bytes: int  # weights, gradients and Adam moments, embedding excluded
+    activation_bytes: float  # saved for backward (fitted, or measured at batch)
+    solver_code: str  # 'v1', 'v2' or '' (explicit)
+    subseq_len: int | None
+    fwd_iters: int | None
+    bwd_iters: int | None
+    fwd_buffer_bytes: int  # computed solver histories at the protocol's batch
+    bwd_buffer_bytes: int
+    method: str  # the allocator counter
+    step_s_largest_fit_batch: float
+    memory_bytes: float  # THE number: measured at batch where it fits, else fit_memory_bytes
+    extrapolated: bool
+    fit_error: float | None  # fit / measured - 1 at batch, where measured
+    step_s_batch: float | None
+    rest_bytes: float  # memory - parameter state - the larger solver history: activations, gradients, temporaries
+    paper_memory_gb: float | None
+    variant_of: str  # what a variant settles ('' for a paper row)
+    deq: str = ""  # an explicit row's DEQ
+    reduction: float | None = None  # 1 - DEQ / this row
+    paper_reduction: float | None = None  # ... the paper's
+    memory_gb: float = 0.0
+    device: str = ""
+    date: str = ""
+    revision: str = ""
+    torch: str = torch.__version__
+    command: str = "python -m deq.bench.paper_memory"
 
 
-def measure_paper_row(name: str, cfg: LMConfig, *, preset: str, seq_len: int, target_batch: int,
-                      fit_batches: tuple[int, ...], direct_budget_s: float, device: str) -> dict:
-    """One row: measured at ``fit_batches`` (and at ``target_batch`` where it fits), fitted, extrapolated."""
-    cfg = to_the_cap(cfg)
-    scale = Scale(preset, True, seq_len, target_batch)
+def measure_paper_row(name: str, cfg: LMConfig, scale: Scale, fit_batches: tuple[int, ...], direct_budget_s: float,
+                      device: str) -> PaperMemoryRow:
+    """One row: measured at ``fit_batches`` (and at ``scale.batch`` where it fits), fitted, extrapolated."""
+    cfg, seq_len, target_batch = to_the_cap(cfg), scale.seq_len, scale.batch
     est_s, est_peak = estimate(cfg, scale, 2, device)
-    direct = est_s <= direct_budget_s and est_peak <= _memory_budget(device)
     points = {b: measure_row(cfg, replace(scale, batch=b), 2, device, cheap_warmup=True) for b in fit_batches}
-    a, b = fit_line({batch: r["memory_bytes"] for batch, r in points.items()})
-    act_a, act_b = fit_line({batch: r["activation_bytes"] for batch, r in points.items()})
-    extrapolated = a + b * target_batch
-    largest = points[max(points)]
-    row = {"name": name, "row": cfg.name, "paper_table": cfg.paper_table, "driver": cfg.driver,
-           "family": cfg.family, "n_layer": cfg.n_layer, "seq_len": seq_len, "batch": target_batch,
-           "fit_batches": " ".join(map(str, fit_batches)), "fit_a_bytes": a, "fit_b_bytes": b,
-           "fit_memory_bytes": extrapolated, "est_s": est_s, "est_peak_bytes": est_peak,
-           "param_state_bytes": largest["param_state_bytes"],
-           "activation_bytes": act_a + act_b * target_batch, "solver_code": cfg.solver.code if cfg.solver else "",
-           "subseq_len": cfg.solver.subseq_len if cfg.solver else None,
-           "fwd_iters": largest["fwd_iters"], "bwd_iters": largest["bwd_iters"], "fwd_buffer_bytes": 0,
-           "bwd_buffer_bytes": 0, "method": largest["method"], "step_s_largest_fit_batch": largest["step_s"]}
-    if cfg.driver == "deq":
-        row["fwd_buffer_bytes"], row["bwd_buffer_bytes"] = deq_buffer_bytes(cfg.solver, target_batch, seq_len,
-                                                                             state_width(cfg))
-    if direct:
-        measured = measure_row(cfg, scale, 2, device, cheap_warmup=True)
-        row.update(memory_bytes=measured["memory_bytes"], extrapolated=False,
-                   fit_error=extrapolated / measured["memory_bytes"] - 1, activation_bytes=measured["activation_bytes"],
-                   step_s_batch=measured["step_s"])
-    else:
-        row.update(memory_bytes=extrapolated, extrapolated=True, fit_error=None, step_s_batch=None)
-    # What the peak holds besides the parameter state and the solver's history (computed from its code):
-    # activations, gradients and the backward's temporaries. (activation_bytes, the saved-tensor account,
-    # counts a tensor once per op that saves it, so it can exceed this.)
-    row["rest_bytes"] = row["memory_bytes"] - row["param_state_bytes"] - max(row["fwd_buffer_bytes"],
-                                                                             row["bwd_buffer_bytes"])
-    return row
+    a, b = fit_line({batch: step.memory_bytes for batch, step in points.items()})
+    act_a, act_b = fit_line({batch: step.activation_bytes for batch, step in points.items()})
+    fit, largest = a + b * target_batch, points[max(points)]
+    memory, activations, fit_error, step_s = fit, act_a + act_b * target_batch, None, None
+    if est_s <= direct_budget_s and est_peak <= _memory_budget(device):
+        step = measure_row(cfg, scale, 2, device, cheap_warmup=True)
+        memory, activations, step_s = step.memory_bytes, step.activation_bytes, step.step_s
+        fit_error = fit / memory - 1
+    fwd, bwd = deq_buffer_bytes(cfg.solver, target_batch, seq_len, state_width(cfg)) if cfg.driver == "deq" else (0, 0)
+    paper_gb = CONFIGS[cfg.name].paper_memory_gb if name in CONFIGS else None
+    return PaperMemoryRow(
+        name, cfg.name, cfg.paper_table, cfg.driver, cfg.family, cfg.n_layer, seq_len, target_batch,
+        " ".join(map(str, fit_batches)), a, b, fit, est_s, est_peak, largest.param_state_bytes, activations,
+        cfg.solver.code if cfg.solver else "", cfg.solver.subseq_len if cfg.solver else None, largest.fwd_iters,
+        largest.bwd_iters, fwd, bwd, largest.method, largest.step_s, memory, fit_error is None, fit_error, step_s,
+        memory - largest.param_state_bytes - max(fwd, bwd), paper_gb, VARIANTS[name][2] if name in VARIANTS else "",
+        memory_gb=memory / GB)
 
 
 def run_paper_memory(out_csv: str | Path | None = None, *, preset: str = "paper", seq_len: int = PROTOCOL_SEQ,
@@ -140,96 +162,37 @@ def run_paper_memory(out_csv: str | Path | None = None, *, preset: str = "paper"
     ``preset``, ``seq_len`` and the batches exist for tests ('smoke' widths on a few tokens); the
     benchmark is the default.
     """
-    device, revision = "cuda" if torch.cuda.is_available() else "cpu", _revision()  # the code that runs
+    device, code = "cuda" if torch.cuda.is_available() else "cpu", revision()  # the code that runs
     names = tuple(CONFIGS) if names is None else names
     variants = tuple(VARIANTS) if variants is None else variants
     unknown = sorted(set(names) - set(CONFIGS)) + sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown row(s) {unknown}; choose from {[*CONFIGS, *VARIANTS]}")
-    jobs = [(name, config_at(name, Scale(preset, True, seq_len, target_batch))) for name in names]
+    scale = Scale(preset, True, seq_len, target_batch)
+    jobs = [(name, config_at(name, scale)) for name in names]
     for variant in variants:
         base, change, _ = VARIANTS[variant]
-        cfg = config_at(base, Scale(preset, True, seq_len, target_batch))
+        cfg = config_at(base, scale)
         jobs.append((variant, replace(cfg, solver=replace(cfg.solver, **change))))
-    rows = []
+    rows = {}
     for name, cfg in jobs:
-        row = measure_paper_row(name, cfg, preset=preset, seq_len=seq_len, target_batch=target_batch,
-                                fit_batches=fit_batches, direct_budget_s=direct_budget_s, device=device)
-        row["paper_memory_gb"] = CONFIGS[cfg.name].paper_memory_gb if name in CONFIGS else None
-        row["variant_of"] = VARIANTS[name][2] if name in VARIANTS else ""
-        rows.append(row)
-        how = "extrapolated" if row["extrapolated"] else f"measured (fit error {100 * row['fit_error']:+.2f}%)"
-        print(f"{name}: {row['memory_bytes'] / GB:.3f} GB at batch {target_batch}, {how}", flush=True)
-    frame = pd.DataFrame(rows)
-    by_name = frame.set_index("name")
-    frame["deq"], frame["reduction"], frame["paper_reduction"] = "", None, None
+        row = rows[name] = measure_paper_row(name, cfg, scale, fit_batches, direct_budget_s, device)
+        row.device, row.date, row.revision = device_name(), datetime.date.today().isoformat(), code
+        how = "extrapolated" if row.extrapolated else f"measured (fit error {100 * row.fit_error:+.2f}%)"
+        print(f"{name}: {row.memory_bytes / GB:.3f} GB at batch {target_batch}, {how}", flush=True)
     for deq_name, counterparts in PAIRS.items():
         for name in counterparts:
-            if deq_name in by_name.index and name in by_name.index:
-                i = frame.index[frame.name == name][0]
-                frame.loc[i, "deq"] = deq_name
-                frame.loc[i, "reduction"] = 1 - by_name.at[deq_name, "memory_bytes"] / by_name.at[name, "memory_bytes"]
-                frame.loc[i, "paper_reduction"] = 1 - (by_name.at[deq_name, "paper_memory_gb"]
-                                                       / by_name.at[name, "paper_memory_gb"])
-    frame["memory_gb"] = frame.memory_bytes / GB
-    frame["device"], frame["date"] = device_name(), datetime.date.today().isoformat()
-    frame["revision"], frame["torch"] = revision, torch.__version__
-    frame["command"] = "python -m deq.bench.paper_memory"
-    checked = frame[~frame.extrapolated.astype(bool)]
-    for r in checked.itertuples():
-        verdict = "ok" if abs(r.fit_error) <= FIT_TOLERANCE else f"ABOVE {FIT_TOLERANCE:.0%}"
-        print(f"fit check {r.name}: extrapolated {r.fit_memory_bytes / GB:.3f} GB vs measured "
-              f"{r.memory_bytes / GB:.3f} GB at batch {target_batch}: {100 * r.fit_error:+.2f}% ({verdict})")
-    if out_csv is not None:
-        atomic_write_text(out_csv, frame.to_csv(index=False))
-    return frame
-
-
-def render_readme_table(frame: pd.DataFrame) -> str:
-    """The README's table of pairs (between its markers) from the reference CSV."""
-    rows = frame.set_index("name")
-    first = frame.iloc[0]
-    lines = [README_START, "",
-             f"| DEQ | vs | DEQ GB, ours (paper) | explicit GB, ours (paper) | reduction, ours (paper) |",
-             "|---|---|---|---|---|"]
-    for deq_name, counterparts in PAIRS.items():
-        for name in counterparts:
-            if deq_name not in rows.index or name not in rows.index:
-                continue
-            d, e = rows.loc[deq_name], rows.loc[name]
-            lines.append(f"| {deq_name}{_mark(d)} | {name}{_mark(e)} | {d.memory_gb:.2f} ({d.paper_memory_gb:g}) | "
-                         f"{e.memory_gb:.2f} ({e.paper_memory_gb:g}) | {100 * e.reduction:.1f}% "
-                         f"({100 * e.paper_reduction:.1f}%) |")
-    lines += ["", "What each peak holds (GB at batch 15): the parameter state (weights and Adam moments, "
-              "embedding excluded), the solver's history (Broyden's U and V at the cap, computed from its code), "
-              "and the rest (activations, gradients, the backward's temporaries).", "",
-              "| row | peak | parameter state | solver history | rest | paper |", "|---|---|---|---|---|---|"]
-    for r in frame.itertuples():
-        history = max(r.fwd_buffer_bytes, r.bwd_buffer_bytes) / GB
-        paper = "" if pd.isna(r.paper_memory_gb) else f"{r.paper_memory_gb:g}"
-        name = r.name if not r.variant_of or pd.isna(r.variant_of) else f"{r.name} ({r.variant_of})"
-        rest = r.memory_gb - r.param_state_bytes / GB - history
-        lines.append(f"| {name}{_mark(r)} | {r.memory_gb:.2f} | {r.param_state_bytes / GB:.2f} | {history:.2f} | "
-                     f"{rest:.2f} | {paper} |")
-    checks = frame[~frame.extrapolated.astype(bool)]
-    check = ", ".join(f"{r.name} {100 * r.fit_error:+.2f}%" for r in checks.itertuples()) or "none"
-    lines += ["", f"\\* extrapolated from batches {first.fit_batches} (peak = a + b x batch); the others measured "
-              f"at batch {first.batch}, where the fit's error at {first.batch} was: {check}. Measured on "
-              f"{first.device}, {first.date}, revision {first.revision}, torch {first.torch}, method "
-              f"`{first.method}`; `results/reference/cpu/memory_paper.csv`, `make paper-memory`.", "", README_END]
-    return "\n".join(lines)
-
-
-def _mark(row) -> str:
-    return "\\*" if bool(row.extrapolated) else ""
-
-
-def write_readme(frame: pd.DataFrame, readme: Path = Path("README.md")) -> None:
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    atomic_write_text(readme, head + render_readme_table(frame) + rest.split(README_END, 1)[1])
+            if deq_name in rows and name in rows:
+                ours, theirs = rows[deq_name], rows[name]
+                theirs.deq, theirs.reduction = deq_name, 1 - ours.memory_bytes / theirs.memory_bytes
+                theirs.paper_reduction = 1 - ours.paper_memory_gb / theirs.paper_memory_gb
+    for r in rows.values():
+        if not r.extrapolated:
+            verdict = "ok" if abs(r.fit_error) <= FIT_TOLERANCE else f"ABOVE {FIT_TOLERANCE:.0%}"
+            print(f"fit check {r.name}: extrapolated {r.fit_memory_bytes / GB:.3f} GB vs measured "
+                  f"{r.memory_bytes / GB:.3f} GB at batch {target_batch}: {100 * r.fit_error:+.2f}% ({verdict})")
+    write_rows(list(rows.values()), out_csv)
+    return pd.DataFrame([columns(r) for r in rows.values()])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,19 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/reference/cpu/memory_paper.csv"),
                         help="the CSV to write (default: %(default)s)")
     parser.add_argument("--rows", nargs="*", default=None, help="only these rows (default: every row and variant)")
-    parser.add_argument("--readme", action="store_true", help="also rewrite README.md's table from the CSV")
-    parser.add_argument("--readme-only", action="store_true", help="only rewrite README.md's table from --out")
+    parser.add_argument("--readme", action="store_true", help="then rewrite README.md's tables (deq.report.readme)")
     args = parser.parse_args(argv)
-    if args.readme_only:
-        write_readme(pd.read_csv(args.out))
-        return
     names = variants = None
     if args.rows is not None:
         names = tuple(r for r in args.rows if r in CONFIGS)
         variants = tuple(r for r in args.rows if r not in CONFIGS)
-    frame = run_paper_memory(args.out, names=names, variants=variants)
-    if args.readme:
-        write_readme(frame)
+    run_paper_memory(args.out, names=names, variants=variants)
+    if args.readme:  # README's tables are rendered from the reference CSVs, this one among them
+        from deq.report.readme import main as rewrite_readme
+
+        rewrite_readme([])
 
 
 if __name__ == "__main__":

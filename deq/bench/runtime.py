@@ -1,15 +1,10 @@
 """Table 4: time per training and inference step of a DEQ against its explicit counterpart.
 
-Two pairs, as the paper's Table 4 (WikiText-103):
-
-- ``transformer``: DEQ-Transformer medium, adaptive (``wt103-deq-transformer-medium-adaptive``) against
-  the 18-layer Transformer-XL (``wt103-transformer-xl-medium-18-adaptive``);
-- ``trellis``: DEQ-TrellisNet (``wt103-deq-trellisnet``) against the 70-layer TrellisNet with its
-  auxiliary loss (``wt103-trellisnet-70-aux``).
-
-Every entry runs on the same random batch (tokens drawn from a Zipf law over the frequency-ordered
-vocabulary, as real text roughly is, so the adaptive softmax sees a realistic mix of clusters), with
-its segment memory carried from its own previous step:
+Two pairs, as the paper's Table 4 (WikiText-103): ``transformer``, DEQ-Transformer medium, adaptive,
+against the 18-layer Transformer-XL; ``trellis``, DEQ-TrellisNet against the 70-layer TrellisNet with
+its auxiliary loss. Every entry runs on the same random batch (tokens drawn from a Zipf law over the
+frequency-ordered vocabulary, so the adaptive softmax sees a realistic mix of clusters), with its
+segment memory carried from its own previous step:
 
 - ``explicit``: the explicit model (untied Transformer-XL stack, weight-tied TrellisNet);
 - ``deq``: the DEQ with its row's solver settings (training: forward cap and tolerance, implicit
@@ -19,11 +14,9 @@ its segment memory carried from its own previous step:
   (its backward keeps the row's settings).
 
 Phases: ``train`` (forward, backward, gradient-norm clipping and an Adam step) and ``infer``
-(eval mode, ``torch.no_grad()``). All (entry, phase) jobs of a pair run once per round, in reversed
-order every other round (A B ... / ... B A), for ``rounds`` rounds after a warm-up round, in one
-process; CUDA is synchronised around every timed part. Reported: medians with the interquartile
-range, the median of the within-round ratios DEQ / explicit (drift common to a round cancels) and
-the ratio of the medians.
+(eval mode, ``torch.no_grad()``). All (entry, phase) jobs of a pair are timed interleaved
+(:func:`deq.bench.common.interleaved`). Reported: medians with the interquartile range, the median of
+the within-round ratios DEQ / explicit (drift common to a round cancels) and the ratio of the medians.
 
 Where the DEQ's time goes is measured separately on the same model, batch and settings after the
 rounds: the time of one f call, the forward solve alone (so solver overhead = solve wall - f calls x
@@ -33,30 +26,29 @@ with the iteration counts taken from the ``EquilibriumInfo`` of the timed steps.
 
 from __future__ import annotations
 
-import math
+import itertools
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 import deq
-from deq.bench.solvers import describe_device, quartiles, timed
-from deq.io import atomic_write_text
-from deq.models.drivers import DEQDriver
+from deq.bench.common import (clock, columns, describe_device, interleaved, quartiles, scales,
+                              write_rows, zipf_tokens)
 from deq.models.layers import weights_computed_once
 from deq.models.lm import LanguageModel, LMOutput
+from deq.presets import RuntimeScale
+from deq.provenance import revision
+from deq.report.benchmarks import render_runtime
 from deq.rows.build import build_model
 from deq.rows.configs import LMConfig, get_config, on_dataset
 from deq.settings import SolverSettings
 
-__all__ = ["GOALS", "PAIRS", "PRESETS", "Pair", "RuntimeConfig", "preset_config", "render_markdown",
-           "run_runtime_benchmark"]
+__all__ = ["GOALS", "PAIRS", "Pair", "RuntimeConfig", "RuntimeRow", "preset_config", "run_runtime_benchmark"]
 
-PRESETS = ("smoke", "cpu", "paper")
 ENTRIES = ("explicit", "deq", "deq_matched")
 PHASES = ("train", "infer")
 GOALS = {"train": 2.0, "infer": 1.3}  # the issue's targets for DEQ / explicit (at equal perplexity settings)
@@ -83,66 +75,22 @@ PAIRS = {
 @dataclass(frozen=True)
 class RuntimeConfig:
     preset: str  # 'smoke', 'cpu' or 'paper'; also the model preset of deq.rows.configs
-    tgt_len: int  # tokens per segment (the paper's protocol: 150)
-    batch: int  # segments per step (the paper's protocol: 15)
-    rounds: int  # timed rounds after the warm-up round
-    breakdown_repeats: int  # repeats of each separately timed part of the breakdown (median taken)
-    dataset: str  # vocabulary: 'wikitext-103' (paper) or 'ptb' (small presets, as for training)
-    paper_depth: bool  # explicit rows keep the paper's 18 / 70 layers (cpu), not the preset's shrunk depth
+    scale: RuntimeScale  # segments, batch, rounds and vocabulary (deq.presets)
     device: str  # 'cpu', or 'cuda' when one is available (paper preset)
 
 
 def preset_config(preset: str, device: str | None = None) -> RuntimeConfig:
-    """Sizes per preset: ``smoke`` seconds; ``cpu`` a few minutes on 2 cores; ``paper`` the real rows."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
-    if device is None:
-        device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
-    if preset == "smoke":
-        return RuntimeConfig(preset, tgt_len=8, batch=2, rounds=3, breakdown_repeats=2, dataset="ptb",
-                             paper_depth=False, device=device)
-    if preset == "cpu":
-        return RuntimeConfig(preset, tgt_len=64, batch=4, rounds=6, breakdown_repeats=3, dataset="ptb",
-                             paper_depth=True, device=device)
-    return RuntimeConfig(preset, tgt_len=150, batch=15, rounds=6, breakdown_repeats=3, dataset="wikitext-103",
-                         paper_depth=True, device=device)
-
-
-def pair_rows(pair: Pair, cfg: RuntimeConfig) -> tuple[LMConfig, LMConfig]:
-    """The (DEQ, explicit) rows at the benchmark's preset, vocabulary and memory length (= tgt_len)."""
-    rows = []
-    for name in (pair.deq, pair.explicit):
-        row = on_dataset(get_config(name, cfg.preset), cfg.dataset)
-        if cfg.paper_depth and row.driver != "deq":
-            paper = get_config(name, "paper")
-            row = replace(row, n_layer=paper.n_layer, aux_every=paper.aux_every)
-        rows.append(replace(row, mem_len=min(row.mem_len, cfg.tgt_len)))
-    return rows[0], rows[1]
+    paper_gpu = preset == "paper" and torch.cuda.is_available()
+    return RuntimeConfig(preset, scales(preset).runtime, device or ("cuda" if paper_gpu else "cpu"))
 
 
 def zipf_batch(n_token: int, batch: int, tgt_len: int, generator: torch.Generator) -> Batch:
-    """(tokens, targets), each (batch, tgt_len), ids drawn with P(id) proportional to 1 / (id + 1)."""
-    weights = 1.0 / torch.arange(1, n_token + 1, dtype=torch.float64)
-    ids = torch.multinomial(weights, batch * (tgt_len + 1), replacement=True, generator=generator)
-    ids = ids.view(batch, tgt_len + 1)
+    """(tokens, targets), each (batch, tgt_len), ids drawn from a Zipf law (:func:`~deq.bench.common.zipf_tokens`)."""
+    ids = zipf_tokens(n_token, (batch, tgt_len + 1), generator)
     return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
 
 # ---- one step ---------------------------------------------------------------------------------------
-
-@contextmanager
-def solver_settings(model: LanguageModel, settings: SolverSettings | None) -> Iterator[None]:
-    """Run a DEQ model with ``settings`` inside the block (None: leave the model as it is)."""
-    if settings is None:
-        yield
-        return
-    driver: DEQDriver = model.driver
-    saved, driver.settings = driver.settings, settings
-    try:
-        yield
-    finally:
-        driver.settings = saved
-
 
 def matched_settings(settings: SolverSettings, depth: int) -> SolverSettings:
     """Forward cap = ``depth`` with an unreachable tolerance, in training and in evaluation.
@@ -154,142 +102,166 @@ def matched_settings(settings: SolverSettings, depth: int) -> SolverSettings:
     return replace(settings, tol=UNREACHABLE_TOL, max_iter=depth, eval_tol=UNREACHABLE_TOL, eval_max_iter=depth)
 
 
-def clock(device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, batch: Batch, memory, aux_weight: float,
-               clip: float, device: str) -> tuple[dict[str, float], LMOutput]:
-    """One optimiser step; returns ({part: seconds}, LMOutput)."""
+               clip: float, device: str, **options) -> tuple[dict[str, float], LMOutput]:
+    """One optimiser step; returns ({part: seconds}, LMOutput). ``options`` go to the model for this call
+    (a DEQ's ``settings``)."""
     tokens, targets = batch
     model.train()
     t0 = clock(device)
     optimizer.zero_grad(set_to_none=True)
-    out = model(tokens, targets, memory)
+    out = model(tokens, targets, memory, **options)
     loss = out.loss if out.aux_loss is None else out.loss + aux_weight * out.aux_loss
     t1 = clock(device)
     loss.backward()
     t2 = clock(device)
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    t3 = clock(device)
-    return {"step": t3 - t0, "forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}, out
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": clock(device) - t2}, out
 
 
-def infer_step(model: LanguageModel, batch: Batch, memory, device: str) -> tuple[dict[str, float], LMOutput]:
-    """One evaluation forward (no graph); returns ({part: seconds}, LMOutput)."""
-    tokens, targets = batch
+def infer_step(model: LanguageModel, batch: Batch, memory, device: str, **options) -> tuple[dict[str, float], LMOutput]:
+    """One evaluation forward (no graph); returns ({part: seconds}, LMOutput), ``options`` as train_step's."""
     model.eval()
     with torch.no_grad():
         t0 = clock(device)
-        out = model(tokens, targets, memory)
-        t1 = clock(device)
-    return {"step": t1 - t0, "forward": t1 - t0}, out
+        out = model(*batch, memory, **options)
+        return {"forward": clock(device) - t0}, out
 
 
 # ---- where the time goes ----------------------------------------------------------------------------
 
-def first_cell(model: LanguageModel, memory) -> tuple[torch.nn.Module, object]:
-    """The cell a driver applies (the first of an untied stack) and the memory it sees."""
-    driver = model.driver
-    if hasattr(driver, "cells"):
-        return driver.cells[0], (memory[0] if memory else None)
-    return driver.cell, memory
-
-
-def median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
-    return 1e3 * statistics.median(timed(fn, device)[0] for _ in range(repeats))
-
-
-def layer_ms(model: LanguageModel, batch: Batch, memory, phase: str, repeats: int, device: str) -> float:
-    """One cell call f(z) without a graph, from z = 0, in the phase's mode (dropout on in training)."""
-    cell, memory = first_cell(model, memory)
-    model.train(phase == "train")
-    with torch.no_grad(), weights_computed_once(cell):
-        injection = cell.inject(model.embedding(batch[0]), memory)
-        z0 = cell.init_state(injection)
-        cell.reset_dropout(z0)
-        return median_ms(lambda: cell(z0, injection, memory), repeats, device)
-
-
-def solver_breakdown(model: LanguageModel, settings: SolverSettings, batch: Batch, memory, phase: str, repeats: int,
-                     device: str) -> dict:
-    """The DEQ's forward solve (and, for training, its backward solve) timed alone, per call and in all."""
-    cell, s = model.driver.cell, settings
-    training = phase == "train"
+def breakdown(model: LanguageModel, settings: SolverSettings | None, batch: Batch, memory, phase: str, repeats: int,
+              device: str) -> dict:
+    """One f call without a graph from z = 0 (the explicit model: its first layer), and the DEQ's solves
+    timed alone, per call and in all: the forward solve, and in training the backward solve. Each solve
+    takes exactly the arguments a training step gives it (``settings.forward_args``, ``backward_args``)."""
+    training, untied = phase == "train", hasattr(model.driver, "cells")  # untied: its first layer and memory
+    cell = model.driver.cells[0] if untied else model.driver.cell
+    memory = (memory[0] if memory else None) if untied else memory
     model.train(training)
-    out = {}
     with weights_computed_once(cell):
-        x = model.embedding(batch[0])  # (B, T, d_model)
-        injection = cell.inject(x, memory)
+        injection = cell.inject(model.embedding(batch[0]), memory)
         z0 = cell.init_state(injection)
         cell.reset_dropout(z0)
 
         def f(z):
             return cell(z, injection, memory)
 
-        with torch.no_grad():
-            out["f_ms"] = median_ms(lambda: f(z0), repeats, device)
-        runs = [timed(lambda: deq.solve(f, z0, **s.forward_args(training)), device)
-                for _ in range(repeats)]
-        z_star, stats = runs[-1][1]
-        out["fwd_solve_ms"] = 1e3 * statistics.median(wall for wall, _ in runs)
-        out["fwd_solve_nfe"] = stats.nfe
-        out["fwd_f_total_ms"] = stats.nfe * out["f_ms"]
-        out["fwd_overhead_ms"] = out["fwd_solve_ms"] - out["fwd_f_total_ms"]
-        out["fwd_overhead_ms_per_call"] = out["fwd_overhead_ms"] / stats.nfe
-        if not training:
-            return out
-        z_star = z_star.detach().requires_grad_()
-        fz = f(z_star)  # the one tracked f(z*) of a training step, (B, T, d_state)
-        h = cell.readout(fz)
-        loss = model.softmax(h.reshape(-1, h.shape[-1]), batch[1].reshape(-1)).mean()
-        (grad,) = torch.autograd.grad(loss, fz, retain_graph=True)  # dl/dz*: what the backward solve gets
+        jobs = {"f": torch.no_grad()(lambda: f(z0))}
+        if settings is not None:
+            jobs["fwd_solve"] = lambda: deq.solve(f, z0, **settings.forward_args(training))
+        if settings is not None and training:
+            z_star = jobs["fwd_solve"]()[0].detach().requires_grad_()
+            fz = f(z_star)  # the one tracked f(z*) of a training step, (B, T, d_state)
+            h = cell.readout(fz)
+            loss = model.softmax(h.reshape(-1, h.shape[-1]), batch[1].reshape(-1)).mean()
+            (grad,) = torch.autograd.grad(loss, fz, retain_graph=True)  # dl/dz*: what the backward solve gets
 
-        def vjp_plus_grad(y):  # the backward's map y -> y J_f(z*) + dl/dz*, as in deq.backward
-            return torch.autograd.grad(fz, z_star, y, retain_graph=True)[0] + grad
+            def vjp_plus_grad(y):  # the backward's map y -> y J_f(z*) + dl/dz*, as in deq.backward
+                return torch.autograd.grad(fz, z_star, y, retain_graph=True)[0] + grad
 
-        out["vjp_ms"] = median_ms(lambda: vjp_plus_grad(grad), repeats, device)
-        runs = [timed(lambda: deq.solve(vjp_plus_grad, torch.zeros_like(grad), **s.backward_args()), device)
-                for _ in range(repeats)]
-        stats = runs[-1][1][1]
-        out["bwd_solve_ms"] = 1e3 * statistics.median(wall for wall, _ in runs)
-        out["bwd_solve_nfe"] = stats.nfe
-        out["bwd_vjp_total_ms"] = stats.nfe * out["vjp_ms"]
-        out["bwd_overhead_ms"] = out["bwd_solve_ms"] - out["bwd_vjp_total_ms"]
-        out["bwd_overhead_ms_per_iter"] = out["bwd_overhead_ms"] / stats.nfe
+            jobs["vjp"] = lambda: vjp_plus_grad(grad)
+            jobs["bwd_solve"] = lambda: deq.solve(vjp_plus_grad, torch.zeros_like(grad), **settings.backward_args())
+        runs = interleaved(jobs, repeats, device)
+    ms = {key: 1e3 * statistics.median(wall for wall, _ in kept) for key, kept in runs.items()}
+    out = {"f_ms": ms["f"]} | ({"vjp_ms": ms["vjp"]} if "vjp" in ms else {})
+    for solve, call, per in (("fwd", "f", "call"), ("bwd", "vjp", "iter")):
+        if f"{solve}_solve" in runs:
+            nfe = runs[f"{solve}_solve"][-1][1][1].nfe  # the last run's SolverStats
+            total, wall = nfe * ms[call], ms[f"{solve}_solve"]
+            out |= {f"{solve}_solve_ms": wall, f"{solve}_solve_nfe": nfe, f"{solve}_{call}_total_ms": total,
+                    f"{solve}_overhead_ms": wall - total, f"{solve}_overhead_ms_per_{per}": (wall - total) / nfe}
     return out
 
 
 # ---- measuring one pair ------------------------------------------------------------------------------
 
 @dataclass
-class Job:
+class RuntimeRow:
+    """One (pair, entry, phase) job: a row of ``runtime.csv``; times in ms, medians over the timed rounds."""
+
+    pair: str
     entry: str  # 'explicit', 'deq' or 'deq_matched'
     phase: str  # 'train' or 'infer'
-    walls: dict  # part -> seconds per timed round
-    infos: list  # the DEQ's EquilibriumInfo (or the weight-tied trace) per timed round
-    memory: object = None  # the segment memory carried to this job's next step
+    model: str  # registry row
+    preset: str
+    device: str
+    tgt_len: int
+    batch: int
+    mem_len: int
+    n_token: int
+    explicit_depth: int
+    rounds: int  # timed rounds (fewer than asked when the time budget ran out)
+    step_ms: float
+    step_ms_q1: float
+    step_ms_q3: float
+    forward_ms: float  # the parts of the step
+    backward_ms: float | None
+    optimizer_ms: float | None
+    tokens_per_s: float
+    round_walls_ms: str  # the step's wall in every round, space-separated
+    fwd_solver: str  # the forward solves of the timed steps ('layers': the explicit model)
+    fwd_max_iter: int
+    fwd_nfe: float
+    fwd_n_iter: float
+    f_ms: float  # one f call alone (explicit: one layer)
+    fwd_tol: float | None = None
+    fwd_at_cap_fraction: float | None = None
+    fwd_rel_residual_max: float | None = None
+    fwd_converged_fraction: float | None = None
+    bwd_solver: str | None = None  # the backward solves of the timed steps (DEQ, train)
+    bwd_tol: float | None = None
+    bwd_max_iter: int | None = None
+    bwd_n_iter: float | None = None
+    bwd_at_cap_fraction: float | None = None
+    bwd_rel_residual_max: float | None = None
+    bwd_converged_fraction: float | None = None
+    fwd_solve_ms: float | None = None  # the solves timed alone (breakdown)
+    fwd_solve_nfe: int | None = None
+    fwd_f_total_ms: float | None = None
+    fwd_overhead_ms: float | None = None
+    fwd_overhead_ms_per_call: float | None = None
+    vjp_ms: float | None = None
+    bwd_solve_ms: float | None = None
+    bwd_solve_nfe: int | None = None
+    bwd_vjp_total_ms: float | None = None
+    bwd_overhead_ms: float | None = None
+    bwd_overhead_ms_per_iter: float | None = None
+    ratio: float | None = None  # DEQ / explicit (ratios)
+    ratio_q1: float | None = None
+    ratio_q3: float | None = None
+    ratio_of_medians: float | None = None
+    round_ratios: str | None = None
+    paper_ratio: float | None = None
+    goal: float | None = None
+    goal_met: bool | None = None
 
 
-def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) -> list[dict]:
-    """Time every (entry, phase) of one pair at random init, interleaved; one row per job."""
-    pair = PAIRS[key]
-    deq_row, explicit_row = pair_rows(pair, cfg)
+def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) -> list[RuntimeRow]:
+    """Time every (entry, phase) of one pair at random init, interleaved; one row per job. Its rows run at the
+    benchmark's preset, vocabulary and memory length (= tgt_len), the explicit one at the paper's depth
+    where the scale says so."""
+    pair, rows = PAIRS[key], []
+    for name in (pair.deq, pair.explicit):
+        row = on_dataset(get_config(name, cfg.preset), cfg.scale.dataset)
+        if cfg.scale.paper_depth and row.driver != "deq":
+            paper = get_config(name, "paper")
+            row = replace(row, n_layer=paper.n_layer, aux_every=paper.aux_every)
+        rows.append(replace(row, mem_len=min(row.mem_len, cfg.scale.tgt_len)))
+    deq_row, explicit_row = rows
     torch.manual_seed(0)
     with torch.device(cfg.device):
         models = {"explicit": build_model(explicit_row), "deq": build_model(deq_row)}
     generator = torch.Generator().manual_seed(0)
-    batches = [tuple(t.to(cfg.device) for t in zipf_batch(deq_row.n_token, cfg.batch, cfg.tgt_len, generator))
-               for _ in range(2)]
+    batches = [tuple(t.to(cfg.device) for t in zipf_batch(deq_row.n_token, cfg.scale.batch, cfg.scale.tgt_len,
+                                                          generator)) for _ in range(2)]
     return time_pair(key, pair, cfg, models, deq_row, explicit_row, deq_row.solver, batches, deadline)
 
 
 def time_pair(key: str, pair: Pair, cfg: RuntimeConfig, models: dict[str, LanguageModel], deq_row: LMConfig,
               explicit_row: LMConfig, deq_settings: SolverSettings, batches: list[Batch],
-              deadline: float | None = None) -> list[dict]:
+              deadline: float | None = None) -> list[RuntimeRow]:
     """Time every (entry, phase) of ``models`` ('deq', 'explicit') interleaved on ``batches``; one row per job.
 
     The DEQ runs with ``deq_settings`` ('deq') and capped at the explicit depth ('deq_matched')."""
@@ -299,230 +271,78 @@ def time_pair(key: str, pair: Pair, cfg: RuntimeConfig, models: dict[str, Langua
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=0.0) for name, m in models.items()}
     settings = {"explicit": None, "deq": deq_settings,
                 "deq_matched": matched_settings(deq_settings, explicit_row.n_layer)}
-    jobs = [Job(entry, phase, {}, []) for phase in PHASES for entry in ENTRIES]
+    memory = {}  # (entry, phase) -> the segment memory carried to that job's next step
 
-    def run(job: Job, batch: Batch) -> tuple[dict[str, float], LMOutput]:
-        model = models["explicit" if job.entry == "explicit" else "deq"]
-        with solver_settings(model, settings[job.entry]):
-            if job.phase == "train":
-                row = explicit_row if job.entry == "explicit" else deq_row
-                return train_step(model, optimizers["explicit" if job.entry == "explicit" else "deq"], batch,
-                                  job.memory, row.aux_weight, pair.clip, cfg.device)
-            return infer_step(model, batch, job.memory, cfg.device)
+    def job(entry: str, phase: str):
+        name = "explicit" if entry == "explicit" else "deq"
+        row, rounds = (explicit_row if entry == "explicit" else deq_row), itertools.cycle(batches)
+        options = {} if entry == "explicit" else {"settings": settings[entry]}  # a DEQ's, for this call only
 
-    for round_ in range(cfg.rounds + 1):  # round 0 warms up and is not recorded
-        order = jobs[::-1] if round_ % 2 else jobs
-        for job in order:
-            parts, out = run(job, batches[round_ % len(batches)])
-            job.memory = out.memory
-            if round_ > 0:
-                for part, seconds in parts.items():
-                    job.walls.setdefault(part, []).append(seconds)
-                job.infos.append(out.info)
-            del out
-        if round_ >= 1 and deadline is not None and time.monotonic() > deadline:
-            break  # out of time: keep the rounds measured so far
+        def run() -> tuple[dict[str, float], object]:  # ({part: seconds}, EquilibriumInfo) of one step
+            parts, out = (train_step(models[name], optimizers[name], next(rounds), memory.get((entry, phase)),
+                                     row.aux_weight, pair.clip, cfg.device, **options) if phase == "train" else
+                          infer_step(models[name], next(rounds), memory.get((entry, phase)), cfg.device, **options))
+            memory[entry, phase] = out.memory
+            return parts, out.info
+        return run
 
-    batch = batches[0]
-    breakdown = {}
-    for job in jobs:
-        model = models["explicit" if job.entry == "explicit" else "deq"]
-        if job.entry == "explicit":
-            breakdown[job.entry, job.phase] = {"f_ms": layer_ms(model, batch, job.memory, job.phase,
-                                                                cfg.breakdown_repeats, cfg.device)}
-        else:
-            breakdown[job.entry, job.phase] = solver_breakdown(model, settings[job.entry], batch, job.memory,
-                                                               job.phase, cfg.breakdown_repeats, cfg.device)
-    rows = [job_row(key, pair, cfg, job, deq_row, explicit_row, settings[job.entry],
-                    breakdown[job.entry, job.phase]) for job in jobs]
-    add_ratios(rows, {(job.entry, job.phase): job.walls["step"] for job in jobs}, pair)
+    runs = interleaved({(e, p): job(e, p) for p in PHASES for e in ENTRIES}, cfg.scale.rounds, cfg.device, deadline)
+    walls = {job: [wall for wall, _ in kept] for job, kept in runs.items()}
+    rows = []
+    for (entry, phase), kept in runs.items():
+        model, row = (models["explicit"], explicit_row) if entry == "explicit" else (models["deq"], deq_row)
+        q1, median, q3 = (1e3 * v for v in quartiles(walls[entry, phase]))
+        parts = [1e3 * statistics.median(p[part] for _, (p, _) in kept) if part in kept[0][1][0] else None
+                 for part in ("forward", "backward", "optimizer")]
+        rows.append(RuntimeRow(
+            key, entry, phase, row.name, cfg.preset, describe_device(cfg.device), cfg.scale.tgt_len, cfg.scale.batch,
+            row.mem_len, row.n_token, explicit_row.n_layer, len(kept), median, q1, q3, *parts,
+            cfg.scale.batch * cfg.scale.tgt_len / median * 1e3, " ".join(f"{1e3 * v:.3f}" for v in walls[entry, phase]),
+            **solves([info for _, (_, info) in kept], settings[entry], phase, explicit_row),
+            **breakdown(model, settings[entry], batches[0], memory[entry, phase], phase, cfg.scale.breakdown_repeats,
+                        cfg.device),
+            **ratios(entry, phase, walls[entry, phase], walls["explicit", phase], pair)))
     return rows
 
 
-def job_row(key: str, pair: Pair, cfg: RuntimeConfig, job: Job, deq_row: LMConfig, explicit_row: LMConfig,
-            settings: SolverSettings | None, breakdown: dict) -> dict:
-    row_cfg = explicit_row if job.entry == "explicit" else deq_row
-    q1, median, q3 = (1e3 * v for v in quartiles(job.walls["step"]))
-    row = {
-        "pair": key, "entry": job.entry, "phase": job.phase, "model": row_cfg.name, "preset": cfg.preset,
-        "device": describe_device(cfg.device), "tgt_len": cfg.tgt_len, "batch": cfg.batch,
-        "mem_len": row_cfg.mem_len, "n_token": row_cfg.n_token, "explicit_depth": explicit_row.n_layer,
-        "rounds": len(job.walls["step"]),
-        "step_ms": median, "step_ms_q1": q1, "step_ms_q3": q3,
-        **{f"{part}_ms": 1e3 * statistics.median(job.walls[part]) for part in ("forward", "backward", "optimizer")
-           if part in job.walls},
-        "tokens_per_s": cfg.batch * cfg.tgt_len / (median / 1e3),
-        "round_walls_ms": " ".join(f"{1e3 * v:.3f}" for v in job.walls["step"]),
-    }
-    row.update(solver_fields(job, settings, explicit_row))
-    row.update(breakdown)
-    return row
-
-
-def solver_fields(job: Job, settings: SolverSettings | None, explicit_row: LMConfig) -> dict:
-    """Iterations the timed steps used (medians over rounds), from the driver's EquilibriumInfo."""
+def solves(infos: list, settings: SolverSettings | None, phase: str, explicit_row: LMConfig) -> dict:
+    """What the timed steps' solves did (from the driver's EquilibriumInfo; medians over rounds), and with
+    which arguments (``settings.forward_args`` / ``backward_args``)."""
     if settings is None:  # the explicit model: one f call per layer
         return {"fwd_solver": "layers", "fwd_max_iter": explicit_row.n_layer, "fwd_nfe": explicit_row.n_layer,
                 "fwd_n_iter": explicit_row.n_layer}
-    training = job.phase == "train"
-    forward = [info.forward for info in job.infos]
-    cap = settings.max_iter if training else settings.eval_max_iter
-    fields = {
-        "fwd_solver": settings.solver if training else settings.eval_solver,
-        "fwd_tol": settings.tol if training else settings.eval_tol, "fwd_max_iter": cap,
-        "fwd_nfe": statistics.median(s.nfe for s in forward),
-        "fwd_n_iter": statistics.median(s.n_iter for s in forward),
-        "fwd_at_cap_fraction": sum(s.n_iter >= cap for s in forward) / len(forward),
-        "fwd_rel_residual_max": max(s.rel_residual.max().item() for s in forward),
-        "fwd_converged_fraction": statistics.mean(s.fraction_converged for s in forward),
-    }
-    backward = [info.backward for info in job.infos if info.backward is not None]
-    if training and backward:
-        fields.update({
-            "bwd_solver": settings.backward_solver, "bwd_tol": settings.backward_tol,
-            "bwd_max_iter": settings.backward_max_iter,
-            "bwd_n_iter": statistics.median(s.n_iter for s in backward),
-            "bwd_at_cap_fraction": sum(s.n_iter >= settings.backward_max_iter for s in backward) / len(backward),
-            "bwd_rel_residual_max": max(s.rel_residual.max().item() for s in backward),
-            "bwd_converged_fraction": statistics.mean(s.fraction_converged for s in backward),
-        })
-    return fields
+    out = {"fwd_nfe": statistics.median(info.forward.nfe for info in infos)}
+    backward = [info.backward for info in infos if info.backward is not None]
+    for prefix, stats, args in (("fwd", [info.forward for info in infos], settings.forward_args(phase == "train")),
+                                ("bwd", backward if phase == "train" else [], settings.backward_args())):
+        if stats:
+            out |= {f"{prefix}_solver": args["solver"], f"{prefix}_tol": args["tol"],
+                    f"{prefix}_max_iter": args["max_iter"],
+                    f"{prefix}_n_iter": statistics.median(s.n_iter for s in stats),
+                    f"{prefix}_at_cap_fraction": sum(s.n_iter >= args["max_iter"] for s in stats) / len(stats),
+                    f"{prefix}_rel_residual_max": max(s.rel_residual.max().item() for s in stats),
+                    f"{prefix}_converged_fraction": statistics.mean(s.fraction_converged for s in stats)}
+    return out
 
 
-def add_ratios(rows: list[dict], walls: dict, pair: Pair) -> None:
-    """DEQ / explicit per phase: median [IQR] of the within-round ratios, and the ratio of the medians."""
-    for row in rows:
-        if row["entry"] == "explicit":
-            continue
-        base, mine = walls["explicit", row["phase"]], walls[row["entry"], row["phase"]]
-        per_round = [a / b for a, b in zip(mine, base)]
-        q1, median, q3 = quartiles(per_round)
-        row.update(ratio=median, ratio_q1=q1, ratio_q3=q3, ratio_of_medians=statistics.median(mine) /
-                   statistics.median(base), round_ratios=" ".join(f"{v:.4f}" for v in per_round))
-        paper = pair.paper_train if row["phase"] == "train" else pair.paper_infer
-        row.update(paper_ratio=paper, goal=GOALS[row["phase"]])
-        if row["entry"] == "deq":
-            row["goal_met"] = median <= GOALS[row["phase"]]
-
-
-# ---- report -----------------------------------------------------------------------------------------
-
-RATIO_MEANINGS = """\
-What each ratio means (all are DEQ time / explicit-model time for one step; > 1: the DEQ is slower):
-
-- **DEQ / explicit**: median over rounds of the within-round ratio (IQR in brackets), the DEQ run with
-  its row's solver settings (the paper scripts' forward cap and tolerance, implicit backward with its
-  own cap). This is the ratio the goals are checked against. With untrained weights the forward solve
-  may run to its cap (the share of steps that did is "at cap"), doing as many f calls as allowed.
-- **ratio of medians**: the DEQ's median step time over the explicit model's; it orders the two
-  medians exactly, while the paired ratio cancels drift common to a round.
-- **matched**: the same DEQ with its forward cap set to the explicit model's depth and an unreachable
-  tolerance, so it makes exactly as many forward f calls as the explicit model has layers; its
-  backward keeps the row's settings. It separates the cost of the iteration count from the cost per
-  iteration (f is not the same size as one explicit layer; "ms per f" vs "ms per layer" below).
-- **paper**: Table 4 (WT103, trained models, the paper's GPUs)."""
-
-
-def _fmt(value, spec: str = ".1f") -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
-
-
-def _solo(row: dict, prefix: str) -> str:
-    """'wall (calls)' of a solve timed alone, or '' where there was none."""
-    return "" if row.get(f"{prefix}_ms") is None else f"{row[f'{prefix}_ms']:.1f} ({row[f'{prefix}_nfe']})"
-
-
-def why(rows: dict, key: str, phase: str) -> str:
-    """Where the DEQ's extra time comes from, in one sentence."""
-    e, d, m = (rows.get((key, entry, phase)) for entry in ENTRIES)
-    parts = [f"forward {d['fwd_nfe']:g} f calls (cap {d['fwd_max_iter']}, at the cap in "
-             f"{d['fwd_at_cap_fraction']:.0%} of steps) against {e['explicit_depth']} layers",
-             f"one f call costs {d['f_ms'] / e['f_ms']:.2f}x one explicit layer ({d['f_ms']:.2f} vs "
-             f"{e['f_ms']:.2f} ms)",
-             f"solver overhead {d['fwd_overhead_ms'] / d['fwd_solve_ms']:.0%} of the forward solve"]
-    if phase == "train" and "bwd_n_iter" in d:
-        backward_ms = d["bwd_n_iter"] * d["bwd_solve_ms"] / d["bwd_solve_nfe"]  # at the steps' iteration count
-        parts.append(f"backward solve {d['bwd_n_iter']:g} iterations (cap {d['bwd_max_iter']}), about "
-                     f"{backward_ms:.1f} ms = {backward_ms / d['step_ms']:.0%} of the DEQ step")
-    if m is not None:
-        parts.append(f"at matched f calls the ratio is {m['ratio']:.2f}x")
-    return "; ".join(parts)
-
-
-def render_markdown(cfg: RuntimeConfig, rows: list[dict], notes: Iterable[str] = ()) -> str:
-    by = {(r["pair"], r["entry"], r["phase"]): r for r in rows}
-    pairs = [key for key in PAIRS if (key, "deq", "train") in by]
-    lines = [f"# Table 4: DEQ / explicit time per step ({cfg.preset} preset)", "",
-             f"On {describe_device(cfg.device)}, torch {torch.__version__}. Segments of {cfg.tgt_len} tokens, "
-             f"batch {cfg.batch}, segment memory min(row's mem_len, {cfg.tgt_len}) carried between steps; "
-             f"{cfg.dataset} vocabulary, tokens drawn from a Zipf law; untrained weights (seed 0); training "
-             f"step = forward, backward, gradient-norm clipping, Adam (learning rate 0, so every round times "
-             f"the same weights). Medians of up to {cfg.rounds} "
-             f"interleaved rounds after a warm-up (IQR in brackets)."
-             + (" Explicit rows keep the paper's depth (18 / 70 layers) at this preset's width."
-                if cfg.paper_depth and cfg.preset != "paper" else ""), ""]
-    if cfg.preset == "smoke":
-        lines += ["Smoke scale: the sizes only exercise the code; the numbers mean nothing.", ""]
-    lines += [*(f"- {note}" for note in notes), *([""] if notes else []), RATIO_MEANINGS, "",
-              "| pair | phase | explicit ms | DEQ ms | DEQ / explicit | ratio of medians | DEQ fwd f calls "
-              "(cap; at cap) | DEQ bwd iters (cap) | matched ms | matched / explicit | paper | goal | met |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in pairs:
-        for phase in PHASES:
-            e, d, m = (by[key, entry, phase] for entry in ENTRIES)
-            lines.append(
-                f"| {key} | {phase} | {e['step_ms']:.1f} [{e['step_ms_q1']:.1f}, {e['step_ms_q3']:.1f}] | "
-                f"{d['step_ms']:.1f} [{d['step_ms_q1']:.1f}, {d['step_ms_q3']:.1f}] | "
-                f"{d['ratio']:.2f} [{d['ratio_q1']:.2f}, {d['ratio_q3']:.2f}] | {d['ratio_of_medians']:.2f} | "
-                f"{d['fwd_nfe']:g} ({d['fwd_max_iter']}; {d['fwd_at_cap_fraction']:.0%}) | "
-                + (f"{d['bwd_n_iter']:g} ({d['bwd_max_iter']})" if 'bwd_n_iter' in d else "")
-                + f" | {m['step_ms']:.1f} | {m['ratio']:.2f} [{m['ratio_q1']:.2f}, {m['ratio_q3']:.2f}] | "
-                f"{d['paper_ratio']:.2f} | <= {d['goal']:g} | {'yes' if d['goal_met'] else 'NO'} |")
-    lines += ["", "## Where the time goes", "",
-              "Step parts, f calls and backward iterations are medians of the timed steps (f total = f calls "
-              "x ms per f). One f call, the forward solve and the backward solve are then timed alone on the "
-              f"same model, batch and settings (median of {cfg.breakdown_repeats}; the calls that solve made "
-              "in brackets): overhead = solve wall - calls x time per call, the solver's own work. For the "
-              "explicit model, \"ms per f\" is one layer.", "",
-              "| pair | entry | phase | step ms | fwd / bwd / optimizer ms | f calls | ms per f | f total ms | "
-              "fwd solve alone ms (calls) | overhead ms per call | bwd iters | ms per vjp | "
-              "bwd solve alone ms (iters) | overhead ms per iter |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in pairs:
-        for phase in PHASES:
-            for entry in ENTRIES:
-                r = by[key, entry, phase]
-                split = " / ".join(_fmt(r.get(f"{part}_ms")) for part in ("forward", "backward", "optimizer")
-                                   if f"{part}_ms" in r)
-                lines.append(
-                    f"| {key} | {entry} | {phase} | {r['step_ms']:.1f} | {split} | {r['fwd_nfe']:g} | "
-                    f"{r['f_ms']:.2f} | {_fmt(r['fwd_nfe'] * r['f_ms'])} | {_solo(r, 'fwd_solve')} | "
-                    f"{_fmt(r.get('fwd_overhead_ms_per_call'), '.2f')} | {_fmt(r.get('bwd_n_iter'), 'g')} | "
-                    f"{_fmt(r.get('vjp_ms'), '.2f')} | {_solo(r, 'bwd_solve')} | "
-                    f"{_fmt(r.get('bwd_overhead_ms_per_iter'), '.2f')} |")
-    lines += ["", "## Goals", ""]
-    for key in pairs:
-        for phase in PHASES:
-            d = by[key, "deq", phase]
-            verdict = "met" if d["goal_met"] else "NOT met"
-            if d["ratio_q1"] <= d["goal"] <= d["ratio_q3"]:
-                verdict += " (the IQR straddles the goal: not decided at this noise level)"
-            lines.append(f"- {key} {phase}: DEQ / explicit = {d['ratio']:.2f}x, goal <= {d['goal']:g}x: "
-                         f"{verdict}. {why(by, key, phase)}.")
-    lines += ["", "The goals ask for these ratios at equal perplexity. Untrained models on random tokens "
-              "cannot show equal perplexity, so what was measured is the step time at the rows' solver "
-              "settings (the caps and tolerances the paper's models were trained and evaluated with) on "
-              "random-init weights, whose iteration counts (\"at cap\" above) need not be those of a trained "
-              "model (PAPER.md, Figures 2-3: iterations grow slowly over training). The verdicts above are "
-              "about that measurement, not the issue's goal at equal perplexity; \"matched\" gives the cost "
-              "at equal forward f calls."]
-    return "\n".join(lines) + "\n"
+def ratios(entry: str, phase: str, mine: list[float], base: list[float], pair: Pair) -> dict:
+    """A DEQ entry's ratio fields (none for the explicit model): median [IQR] of the within-round ratios
+    of its walls ``mine`` to ``base`` (the explicit model's in the same rounds and phase), and the ratio
+    of the medians."""
+    if entry == "explicit":
+        return {}
+    per_round = [a / b for a, b in zip(mine, base)]
+    q1, median, q3 = quartiles(per_round)
+    return dict(ratio=median, ratio_q1=q1, ratio_q3=q3, round_ratios=" ".join(f"{v:.4f}" for v in per_round),
+                ratio_of_medians=statistics.median(mine) / statistics.median(base),
+                paper_ratio=pair.paper_train if phase == "train" else pair.paper_infer, goal=GOALS[phase],
+                goal_met=median <= GOALS[phase] if entry == "deq" else None)
 
 
 def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = None,
                           md_path: str | Path | None = None, *, pairs: Iterable[str] | None = None,
                           rounds: int | None = None, device: str | None = None,
-                          deadline: float | None = None, batch: int | None = None) -> list[dict]:
+                          deadline: float | None = None, batch: int | None = None) -> list[RuntimeRow]:
     """Measure both pairs (or ``pairs``), print the Markdown, write CSV / Markdown when paths are given.
 
     ``deadline`` (a ``time.monotonic()`` value) is shared out equally among the pairs still to run; a
@@ -531,42 +351,35 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
     interrupted run keeps the pairs that finished. A pair that does not fit in GPU memory is skipped
     and said so.
     """
-    import pandas as pd
-
     cfg = preset_config(preset, device)
-    if rounds is not None:
-        cfg = replace(cfg, rounds=rounds)
-    if batch is not None:
-        cfg = replace(cfg, batch=batch)
+    cfg = replace(cfg, scale=replace(cfg.scale, rounds=rounds or cfg.scale.rounds, batch=batch or cfg.scale.batch))
     keys = list(PAIRS) if pairs is None else list(pairs)
     for key in keys:
         if key not in PAIRS:
             raise ValueError(f"unknown pair {key!r}; choose from {list(PAIRS)}")
-    rows: list[dict] = []
+    rows: list[RuntimeRow] = []
     notes: list[str] = []
-    markdown = render_markdown(cfg, rows, notes)
+
+    def markdown() -> str:
+        return render_runtime([columns(r) for r in rows], cfg.preset, cfg.scale, describe_device(cfg.device),
+                              torch.__version__, notes)
+
     for i, key in enumerate(keys):
         if deadline is not None and time.monotonic() > deadline:
             notes.append(f"{key}: skipped, the time budget was spent before it started.")
         else:
             # an equal share of the time left for each pair still to run
-            pair_deadline = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (
-                len(keys) - i)
+            share = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (len(keys) - i)
             try:
-                rows += measure_pair(key, cfg, pair_deadline)
+                rows += measure_pair(key, cfg, share)
             except torch.cuda.OutOfMemoryError as error:
                 notes.append(f"{key}: skipped, out of GPU memory ({str(error).splitlines()[0]})")
             finally:
-                if cfg.device == "cuda":
-                    torch.cuda.empty_cache()
-            if rows and rows[-1]["pair"] == key and rows[-1]["rounds"] < cfg.rounds:
-                notes.append(f"{key}: {rows[-1]['rounds']} of {cfg.rounds} rounds, the time budget ran out.")
-        markdown = render_markdown(cfg, rows, notes)
-        if csv_path is not None and rows:
-            atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
-        if md_path is not None:
-            atomic_write_text(md_path, markdown)
-    print(markdown, flush=True)
+                torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+            if rows and rows[-1].pair == key and rows[-1].rounds < cfg.scale.rounds:
+                notes.append(f"{key}: {rows[-1].rounds} of {cfg.scale.rounds} rounds, the time budget ran out.")
+        write_rows(rows, csv_path if rows else None, md_path, markdown())
+    print(markdown(), flush=True)
     return rows
 
 
@@ -588,59 +401,63 @@ def choose_tolerance(points: list[dict], slack: float = PPL_SLACK) -> dict:
     return max((point for point in points if point["valid_ppl"] <= best * (1 + slack)), key=lambda p: p["tol"])
 
 
+@dataclass
+class TrainedRuntimeRow:
+    """A row of the trained pair's CSV: the timing, and the tolerance sweep that chose its settings."""
+
+    timing: RuntimeRow  # its fields are columns
+    deq_tol: float  # the DEQ's forward tolerance, training and evaluation
+    deq_valid_ppl: float  # its validation perplexity at deq_tol
+    best_valid_ppl: float  # the best over the sweep
+    tol_sweep: str  # 'tol:perplexity' of every tolerance tried
+    trained_steps: int  # training steps behind the weights
+
+
 def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path: str | Path, *, pair_key: str,
                         max_tokens: int | None, rounds: int, tols: Iterable[float] = TRAINED_TOLS,
                         device: str = "cpu") -> list[dict]:
     """Table 4 on a trained pair: DEQ / explicit step times at the DEQ's loosest forward tolerance that keeps
     its validation perplexity within 1% of its best (on the first ``max_tokens`` validation tokens), on
-    the runs' own checkpoints, corpus, batch and segment length. Rows as :func:`measure_pair`'s, plus the
-    tolerance sweep that chose the setting (``deq_tol``, ``deq_valid_ppl``, ``best_valid_ppl``,
-    ``tol_sweep``) and the training steps behind the weights (``trained_steps``)."""
-    import pandas as pd
-
+    the runs' own checkpoints, corpus, batch and segment length. Writes :class:`TrainedRuntimeRow` rows;
+    returns the CSV's records."""
     from deq.data import batchify, prepare
     from deq.evaluate import load_run, solver_sweep
 
     deq_model, deq_cfg, deq_row, deq_step = load_run(deq_dir)
     explicit_model, explicit_cfg, explicit_row, explicit_step = load_run(explicit_dir)
-    corpus = prepare(deq_cfg.dataset or deq_row.dataset, deq_cfg.data_root, deq_cfg.data_mirror)
+    dataset = deq_cfg.dataset or deq_row.dataset
+    corpus = prepare(dataset, deq_cfg.data_root, deq_cfg.data_mirror)
     deq_model.to(device), explicit_model.to(device)
     sweep = solver_sweep(deq_model, corpus.valid, deq_cfg.eval_batch_size, deq_cfg.eval_tgt_len, tols, (),
                          max_tokens=max_tokens, device=device)
     chosen = choose_tolerance(sweep)
     settings = replace(deq_row.solver, tol=chosen["tol"], eval_tol=chosen["tol"])
-    cfg = RuntimeConfig(deq_cfg.preset, tgt_len=deq_cfg.tgt_len, batch=deq_cfg.batch_size, rounds=rounds,
-                        breakdown_repeats=3, dataset=deq_cfg.dataset or deq_row.dataset, paper_depth=False,
-                        device=device)
+    scale = RuntimeScale(deq_cfg.tgt_len, deq_cfg.batch_size, rounds, 3, dataset, paper_depth=False)
     # two validation batches of the shape the runs trained on, cut as training cuts its streams
-    streams, T = batchify(corpus.valid, cfg.batch).to(device), cfg.tgt_len
+    streams, T = batchify(corpus.valid, scale.batch).to(device), scale.tgt_len
     batches = [(streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]) for i in range(2)]
     pair = replace(PAIRS[pair_key], deq=deq_row.name, explicit=explicit_row.name, clip=deq_cfg.clip)
-    models = {"deq": deq_model, "explicit": explicit_model}
-    rows = time_pair(f"{pair_key} (trained)", pair, cfg, models, deq_row, explicit_row, settings, batches)
+    rows = time_pair(f"{pair_key} (trained)", pair, RuntimeConfig(deq_cfg.preset, scale, device),
+                     {"deq": deq_model, "explicit": explicit_model}, deq_row, explicit_row, settings, batches)
     tol_sweep = " ".join(f"{p['tol']:g}:{p['valid_ppl']:.2f}" for p in sweep)
-    for row in rows:
-        row.update(deq_tol=chosen["tol"], deq_valid_ppl=chosen["valid_ppl"],
-                   best_valid_ppl=min(p["valid_ppl"] for p in sweep), tol_sweep=tol_sweep,
-                   trained_steps=deq_step if row["entry"] != "explicit" else explicit_step)
-    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
-    return rows
+    rows = [TrainedRuntimeRow(row, chosen["tol"], chosen["valid_ppl"], min(p["valid_ppl"] for p in sweep), tol_sweep,
+                              deq_step if row.entry != "explicit" else explicit_step) for row in rows]
+    write_rows(rows, csv_path)
+    return [columns(row) for row in rows]
 
 
 # ---- Table 4 at the paper's widths on a CPU (committed; `make paper-runtime`) -------------------------
-
-PAPER_WIDTH_CPU_NOTE = (
-    "On a CPU time follows arithmetic: the DEQ's one layer carries the whole stack's feed-forward (d_inner "
-    "48,000 against 18 layers of 890), so one f call costs about as much as the whole explicit stack, and a "
-    "training step makes about 30 forward calls and 40 backward vector-Jacobian products. GPUs hide much of "
-    "that behind parallelism the explicit stack cannot use; this ratio is not the paper's GPU ratio.")
-
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m deq.bench.runtime --paper-widths --out CSV``: Table 4's transformer pair at the paper's exact
     widths on this machine's CPU (random init, its solves to the cap), at a small batch (time grows linearly
     with the batch on a CPU, so the ratio is the batch-15 one), a few interleaved rounds."""
     import argparse
+    import datetime
+
+    import pandas as pd
+
+    from deq.io import atomic_write_text
 
     parser = argparse.ArgumentParser(prog="python -m deq.bench.runtime", description=main.__doc__.splitlines()[0])
     parser.add_argument("--paper-widths", action="store_true", required=True, help="the paper's exact widths")
@@ -650,20 +467,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     run_runtime_benchmark("paper", args.out, args.out.with_suffix(".md"), pairs=["transformer"], rounds=args.rounds,
                           device="cpu", batch=args.batch)
-    stamp(args.out, f"python -m deq.bench.runtime --paper-widths --batch {args.batch} --rounds {args.rounds}")
-
-
-def stamp(csv_path: Path, command: str) -> None:
-    """Add when, at which revision, with which torch and by which command a committed CSV was measured."""
-    import datetime
-
-    import pandas as pd
-
-    from deq.bench.paper_memory import _revision
-
-    frame = pd.read_csv(csv_path).assign(measured_on=datetime.date.today().isoformat(), revision=_revision(),
+    # when, at which revision, with which torch and by which command the committed CSV was measured
+    command = f"python -m deq.bench.runtime --paper-widths --batch {args.batch} --rounds {args.rounds}"
+    frame = pd.read_csv(args.out).assign(measured_on=datetime.date.today().isoformat(), revision=revision(),
                                          torch=torch.__version__, command=command)
-    atomic_write_text(csv_path, frame.to_csv(index=False))
+    atomic_write_text(args.out, frame.to_csv(index=False))
 
 
 if __name__ == "__main__":

@@ -20,47 +20,18 @@ f calls are counted by wrapping f, the same way for both libraries. torchdeq is 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import deq
 from deq.bench.cell import TransformerStyleCell
-from deq.io import atomic_write_text
-
-PRESETS = ("smoke", "cpu", "paper")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    d_model: int  # cell width
-    n_head: int  # attention heads
-    d_inner: int  # feed-forward width
-    seq_len: int  # tokens per sample
-    batch: int  # samples per solve
-    tol: float  # forward tolerance, relative residual per sample (the DEQ v2 criterion)
-    max_iter: int  # forward cap (the paper's f_thres is 30)
-    backward_tol: float  # backward tolerance, relative residual per sample
-    backward_max_iter: int  # backward cap
-    fixed_nfe: int  # f calls per entry in the forward_fixed_nfe phase
-    rounds: int  # timed rounds after the warm-up round
-    device: str  # 'cpu', or 'cuda' when one is available (paper preset)
-
-
-def preset_config(preset: str) -> BenchConfig:
-    """The benchmark's sizes for a preset; ``cpu`` is the issue's setting (256 wide, 128 x 8)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
-    common = dict(tol=1e-3, max_iter=40, backward_tol=1e-3, backward_max_iter=60, fixed_nfe=30)
-    if preset == "smoke":
-        return BenchConfig(d_model=32, n_head=2, d_inner=64, seq_len=16, batch=2, rounds=1, device="cpu",
-                           **{**common, "max_iter": 12, "backward_max_iter": 12, "fixed_nfe": 8})
-    device = "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu"
-    return BenchConfig(d_model=256, n_head=4, d_inner=1024, seq_len=128, batch=8,
-                       rounds=5 if preset == "cpu" else 10, device=device, **common)
+from deq.bench.common import columns, describe_device, interleaved, quartiles, scales, write_rows
+from deq.presets import SolverScale
+from deq.provenance import version
+from deq.report.benchmarks import render_solvers
 
 
 # ---- the two libraries behind one interface ----------------------------------------------------
@@ -98,7 +69,7 @@ def ours_forward(name: str, f: Counted, z0: torch.Tensor, tol: float, max_iter: 
     return Outcome(stats.n_iter, f.calls, stats.rel_residual.max().item(), stats.fraction_converged)
 
 
-def ours_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: BenchConfig, loss_fn) -> Outcome:
+def ours_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: SolverScale, loss_fn) -> Outcome:
     z, info = deq.equilibrium(f, z0, solver=name, tol=cfg.tol, max_iter=cfg.max_iter, stop_mode="rel",
                               backward="implicit", backward_solver=name, backward_tol=cfg.backward_tol,
                               backward_max_iter=cfg.backward_max_iter)
@@ -108,6 +79,7 @@ def ours_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: BenchConfig, l
                    bwd.n_iter, bwd.rel_residual.max().item(), bwd.fraction_converged)
 
 
+# The solvers both libraries have (ours -> torchdeq's name): the ones compared.
 TORCHDEQ_NAMES = {"anderson": "anderson", "broyden": "broyden", "picard": "fixed_point_iter"}
 
 
@@ -122,7 +94,7 @@ def torchdeq_forward(name: str, f: Counted, z0: torch.Tensor, tol: float, max_it
     return Outcome(f.calls, f.calls, rel.max().item(), (rel <= tol).float().mean().item())
 
 
-def torchdeq_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: BenchConfig, loss_fn) -> Outcome:
+def torchdeq_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: SolverScale, loss_fn) -> Outcome:
     from torchdeq import get_deq
 
     layer = get_deq(core="indexing", ift=True, f_solver=TORCHDEQ_NAMES[name], b_solver=TORCHDEQ_NAMES[name],
@@ -138,62 +110,37 @@ def torchdeq_train_step(name: str, f: Counted, z0: torch.Tensor, cfg: BenchConfi
                    (bwd_rel <= cfg.backward_tol).float().mean().item())
 
 
-def torchdeq_version() -> str | None:
-    try:
-        from importlib.metadata import version
+# ---- measuring ------------------------------------------------------------------------------------
 
-        import torchdeq  # noqa: F401
+@dataclass
+class SolverRow:
+    """One (library, solver, phase) entry: a row of ``solvers.csv``."""
 
-        return version("torchdeq")
-    except ImportError:
-        return None
-
-
-# ---- timing ---------------------------------------------------------------------------------------
-
-def timed(fn: Callable[[], Outcome], device: str) -> tuple[float, Outcome]:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    outcome = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, outcome
+    source: str  # 'deq-harness' or 'torchdeq'
+    solver: str  # 'anderson', 'broyden' or 'picard'
+    phase: str  # 'forward', 'forward_fixed_nfe', 'solver_only' or 'train_step'
+    wall_ms: float  # median over rounds
+    wall_ms_q1: float
+    wall_ms_q3: float
+    ms_per_nfe: float  # wall per f call
+    overhead_ms_per_nfe: float | None  # wall per f call minus one f evaluation (forward phases)
+    f_eval_ms: float  # one f evaluation, median over rounds
+    round_walls_ms: str  # every round's wall, space-separated
+    outcome: Outcome  # what the entry reported in its last round (its fields are columns)
+    preset: str
+    device: str
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
-
-
-def measure(cfg: BenchConfig) -> list[dict]:
-    """Run every (library, solver, phase) entry interleaved; one row per entry."""
+def measure(cfg: SolverScale, device: str, preset: str) -> list[SolverRow]:
+    """Run every (library, solver, phase) entry and one f evaluation interleaved; one row per entry."""
     torch.manual_seed(0)
-    cell = TransformerStyleCell(cfg.d_model, cfg.n_head, cfg.d_inner).to(cfg.device)
-    injection = torch.randn(cfg.batch, cfg.seq_len, 3 * cfg.d_model, device=cfg.device)
-    readout = torch.randn(cfg.batch, cfg.seq_len, cfg.d_model, device=cfg.device)
-    z0 = torch.zeros(cfg.batch, cfg.seq_len, cfg.d_model, device=cfg.device)
+    cell = TransformerStyleCell(cfg.d_model, cfg.n_head, cfg.d_inner).to(device)
+    injection = torch.randn(cfg.batch, cfg.seq_len, 3 * cfg.d_model, device=device)
+    readout = torch.randn(cfg.batch, cfg.seq_len, cfg.d_model, device=device)
+    z0 = torch.zeros(cfg.batch, cfg.seq_len, cfg.d_model, device=device)
 
     def loss_fn(z):
         return (z * readout).mean()
-
-    libraries = {"deq-harness": (ours_forward, ours_train_step)}
-    if torchdeq_version() is not None:
-        libraries["torchdeq"] = (torchdeq_forward, torchdeq_train_step)
-
-    entries: dict[tuple[str, str, str], Callable[[Counted], Outcome]] = {}
-    for source, (forward, train_step) in libraries.items():
-        for name in sorted(deq.SOLVERS):
-            entries[source, name, "forward"] = (
-                lambda f, forward=forward, name=name: forward(name, f, z0, cfg.tol, cfg.max_iter))
-            entries[source, name, "forward_fixed_nfe"] = (
-                lambda f, forward=forward, name=name: forward(name, f, z0, 1e-30, cfg.fixed_nfe))
-            entries[source, name, "solver_only"] = (
-                lambda f, forward=forward, name=name: forward(name, f, z0, 1e-30, cfg.fixed_nfe))
-            entries[source, name, "train_step"] = (
-                lambda f, train_step=train_step, name=name: train_step(name, f, z0, cfg, loss_fn))
 
     def f(z):
         return cell(z, injection)
@@ -201,128 +148,42 @@ def measure(cfg: BenchConfig) -> list[dict]:
     def f_cheap(z):  # elementwise and contractive: the solver's own work dominates the wall time
         return torch.tanh(0.5 * z + injection[..., : cfg.d_model])
 
-    walls: dict = {key: [] for key in entries}
-    outcomes: dict = {}
-    f_evals = []
-    for round_ in range(cfg.rounds + 1):  # round 0 warms up and is not recorded
-        with torch.no_grad():
-            f_evals.append(timed(lambda: Outcome(0, f(z0).numel(), 0.0, 0.0), cfg.device)[0])
-        order = list(entries.items())
-        if round_ % 2:  # A B ... B A: no entry always runs right after the same neighbour
-            order.reverse()
-        for key, run in order:
+    def entry(run: Callable[..., Outcome], name: str, fn, *args) -> Callable[[], Outcome]:
+        def job() -> Outcome:
             cell.zero_grad(set_to_none=True)
-            fn = f_cheap if key[2] == "solver_only" else f
-            wall, outcome = timed(lambda: run(Counted(fn)), cfg.device)
-            if round_ > 0:
-                walls[key].append(wall)
-                outcomes[key] = outcome
-    f_ms = statistics.median(f_evals[1:]) * 1e3
+            return run(name, Counted(fn), z0, *args)
+        return job
 
+    libraries = {"deq-harness": (ours_forward, ours_train_step)}
+    if version("torchdeq") is not None:
+        libraries["torchdeq"] = (torchdeq_forward, torchdeq_train_step)
+    jobs = {"f": torch.no_grad()(lambda: f(z0))}
+    for source, (forward, train_step) in libraries.items():
+        for name in sorted(TORCHDEQ_NAMES):
+            jobs[source, name, "forward"] = entry(forward, name, f, cfg.tol, cfg.max_iter)
+            jobs[source, name, "forward_fixed_nfe"] = entry(forward, name, f, 1e-30, cfg.fixed_nfe)
+            jobs[source, name, "solver_only"] = entry(forward, name, f_cheap, 1e-30, cfg.fixed_nfe)
+            jobs[source, name, "train_step"] = entry(train_step, name, f, cfg, loss_fn)
+    runs = interleaved(jobs, cfg.rounds, device)
+    f_ms = 1e3 * statistics.median(wall for wall, _ in runs.pop("f"))
     rows = []
-    for (source, name, phase), wall in walls.items():
-        q1, median, q3 = (1e3 * v for v in quartiles(wall))
-        outcome = outcomes[source, name, phase]
-        rows.append({
-            "source": source, "solver": name, "phase": phase,
-            "wall_ms": median, "wall_ms_q1": q1, "wall_ms_q3": q3,
-            "ms_per_nfe": median / outcome.nfe,
-            "overhead_ms_per_nfe": median / outcome.nfe - f_ms if phase.startswith("forward") else None,
-            "f_eval_ms": f_ms,
-            "round_walls_ms": " ".join(f"{1e3 * v:.2f}" for v in wall),
-            **asdict(outcome),
-        })
+    for (source, name, phase), kept in runs.items():
+        walls = [wall for wall, _ in kept]
+        q1, median, q3 = (1e3 * v for v in quartiles(walls))
+        outcome = kept[-1][1]
+        overhead = median / outcome.nfe - f_ms if phase.startswith("forward") else None
+        rows.append(SolverRow(source, name, phase, median, q1, q3, median / outcome.nfe, overhead, f_ms,
+                              " ".join(f"{1e3 * v:.2f}" for v in walls), outcome, preset, describe_device(device)))
     return rows
 
 
-# ---- report -------------------------------------------------------------------------------------
-
-def targets(rows: list[dict], cfg: BenchConfig) -> list[tuple[str, float | None, str, bool | None]]:
-    """The issue's targets as (what, measured value, goal, met)."""
-    by = {(r["source"], r["solver"], r["phase"]): r for r in rows}
-
-    def ratio(a: tuple[str, str], b: tuple[str, str], phase: str = "forward_fixed_nfe") -> float | None:
-        """Median over rounds of the within-round ratio of wall per f call, A/B: drift cancels."""
-        if a + (phase,) not in by or b + (phase,) not in by:
-            return None
-        per_call_a, per_call_b = ([float(v) / by[key + (phase,)]["nfe"] for v in by[key + (phase,)]["round_walls_ms"].split()]
-                                  for key in (a, b))
-        return statistics.median(x / y for x, y in zip(per_call_a, per_call_b))
-
-    ours, peer = "deq-harness", "torchdeq"
-    out = []
-    for label, value, limit in [
-        ("our Broyden / our Anderson, wall per f call (equal nfe)", ratio((ours, "broyden"), (ours, "anderson")), 1.3),
-        ("our Broyden / torchdeq Broyden, wall at equal nfe", ratio((ours, "broyden"), (peer, "broyden")), 0.7),
-        ("our Anderson / torchdeq Anderson, wall at equal nfe", ratio((ours, "anderson"), (peer, "anderson")), 1.0),
-    ]:
-        out.append((label, value, f"<= {limit}", None if value is None else value <= limit))
-    for label, a, b in [("our Broyden / our Anderson", (ours, "broyden"), (ours, "anderson")),
-                        ("our Broyden / torchdeq Broyden", (ours, "broyden"), (peer, "broyden")),
-                        ("our Anderson / torchdeq Anderson", (ours, "anderson"), (peer, "anderson"))]:
-        value = ratio(a, b, "solver_only")
-        if value is not None:  # where the time goes: the solvers' own work, for reference
-            out.append((f"solver only (cheap f): {label}", value, "", None))
-    for source in (ours, peer):
-        for name in ("anderson", "broyden"):
-            row = by.get((source, name, "train_step"))
-            if row is not None:
-                value = row["bwd_rel_residual_max"]
-                out.append((f"{source} {name} backward reaches its tolerance (worst rel residual)", value,
-                            f"<= {cfg.backward_tol:g}", value <= cfg.backward_tol))
-    return out
-
-
-def render_markdown(cfg: BenchConfig, preset: str, rows: list[dict]) -> str:
-    header = (f"# Solver benchmark ({preset} preset)\n\n"
-              f"Transformer-style cell, width {cfg.d_model}, {cfg.n_head} heads, FF {cfg.d_inner}; "
-              f"sequence {cfg.seq_len}, batch {cfg.batch}, on {describe_device(cfg.device)}; torch "
-              f"{torch.__version__}, torchdeq {torchdeq_version() or 'not installed'}.\n"
-              f"Forward: rel tol {cfg.tol:g}, cap {cfg.max_iter}; backward: rel tol {cfg.backward_tol:g}, "
-              f"cap {cfg.backward_max_iter}; fixed-nfe phase: {cfg.fixed_nfe} f calls. "
-              f"Medians of {cfg.rounds} interleaved rounds after a warm-up (IQR in brackets); "
-              f"one f evaluation takes {rows[0]['f_eval_ms']:.1f} ms.\n"
-              + ("\nSmoke scale: the sizes only exercise the code; the targets are meant for the cpu and "
-                 "paper presets.\n" if preset == "smoke" else ""))
-    lines = [header, "| library | solver | phase | wall ms [IQR] | iters | nfe | ms/nfe | overhead ms/nfe | "
-             "fwd rel res (max) | fwd conv | bwd iters | bwd rel res (max) | bwd conv |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        def fmt(value, spec):
-            return "" if value is None else format(value, spec)
-        lines.append(
-            f"| {r['source']} | {r['solver']} | {r['phase']} | {r['wall_ms']:.1f} [{r['wall_ms_q1']:.1f}, "
-            f"{r['wall_ms_q3']:.1f}] | {r['n_iter']} | {r['nfe']} | {r['ms_per_nfe']:.2f} | "
-            f"{fmt(r['overhead_ms_per_nfe'], '.2f')} | {r['rel_residual_max']:.1e} | "
-            f"{r['converged_fraction']:.2f} | {fmt(r['bwd_n_iter'], 'd')} | "
-            f"{fmt(r['bwd_rel_residual_max'], '.1e')} | {fmt(r['bwd_converged_fraction'], '.2f')} |")
-    lines += ["", "Ratios compare wall time per f call, as medians over rounds of the within-round ratio.", "",
-              "| target | measured | goal | met |", "|---|---|---|---|"]
-    for label, value, goal, met in targets(rows, cfg):
-        shown = "n/a" if value is None else f"{value:.3g}"
-        lines.append(f"| {label} | {shown} | {goal} | {'' if met is None else ('yes' if met else 'NO')} |")
-    return "\n".join(lines) + "\n"
-
-
-def describe_device(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
 def run_benchmark(preset: str = "cpu", csv_path: str | Path | None = None,
-                  md_path: str | Path | None = None) -> list[dict]:
+                  md_path: str | Path | None = None) -> list[SolverRow]:
     """Measure, print the Markdown table, and write CSV / Markdown files when paths are given."""
-    import pandas as pd
-
-    cfg = preset_config(preset)
-    rows = measure(cfg)
-    for row in rows:
-        row.update(preset=preset, device=describe_device(cfg.device))
-    markdown = render_markdown(cfg, preset, rows)
+    cfg = scales(preset).solvers  # ours is the cell of the solver issue (256 wide, 128 x 8) at cpu and paper
+    rows = measure(cfg, "cuda" if preset == "paper" and torch.cuda.is_available() else "cpu", preset)
+    versions = f"torch {torch.__version__}, torchdeq {version('torchdeq') or 'not installed'}"
+    markdown = render_solvers([columns(r) for r in rows], cfg, preset, versions)
     print(markdown, flush=True)
-    if csv_path is not None:
-        atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
-    if md_path is not None:
-        atomic_write_text(md_path, markdown)
+    write_rows(rows, csv_path, md_path, markdown)
     return rows

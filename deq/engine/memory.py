@@ -39,7 +39,6 @@ The numeric keys (all but the first four) are :data:`MEMORY_FIELDS`; every key i
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import sys
 import threading
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from deq.provenance import cpu_name
 
 MEMORY_FIELDS = (
     "gpu_process_peak_bytes",
@@ -66,17 +67,6 @@ _STATM = Path("/proc/self/statm")
 # NVML's per-process query, newest first; the unversioned name is v3 in current nvidia-ml-py and
 # fails (NVMLLibraryMismatchError) against a driver older than that API.
 _PROCESS_QUERIES = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2")
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo on Linux, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def device_name() -> str:

@@ -30,11 +30,9 @@ needs; 4 digits are finer than any plot, and keep a 30-iterate record near 1 KB)
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import platform
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -42,10 +40,12 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..layer import EquilibriumInfo
-from ..io import atomic_write_text
-from ..solvers import SolverStats
-from .memory import MEMORY_FIELDS, cpu_name
+from deq.io import atomic_write_text
+from deq.layer import EquilibriumInfo
+from deq.provenance import cpu_name, git, version
+from deq.solvers import SolverStats
+
+from .memory import MEMORY_FIELDS
 
 REQUIRED_METRIC_FIELDS = (
     "step", "loss", "ppl", "lr", "tokens_per_s", "step_time_s",
@@ -57,7 +57,6 @@ TRACE_FIELDS = ("step", "phase", "solver", "stop_mode", "tol", "n_iter", "nfe", 
                 "abs_mean", "abs_max", "rel_mean", "rel_max")
 METADATA_KEYS = ("config", "seed", "git_revision", "git_dirty", "versions", "device", "hostname",
                  "platform", "start_time")
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def _plain(value: Any) -> Any:
@@ -201,21 +200,6 @@ def read_traces(path: str | Path) -> list[dict]:
 # --- run metadata -------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def run_metadata(config: dict[str, Any], seed: int) -> dict[str, Any]:
     """What a run directory records about how it was made (keys: :data:`METADATA_KEYS`).
 
@@ -225,8 +209,8 @@ def run_metadata(config: dict[str, Any], seed: int) -> dict[str, Any]:
     """
     if not isinstance(config, dict):
         raise TypeError(f"config must be the resolved config as a dict, got {type(config).__name__}")
-    revision = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if revision else None
+    revision = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if revision else None
     cuda = torch.cuda.is_available()
     return {
         "config": json.loads(json.dumps(config, default=_plain)),  # a copy, and JSON-safe now, not at exit
@@ -238,9 +222,9 @@ def run_metadata(config: dict[str, Any], seed: int) -> dict[str, Any]:
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "numpy": np.__version__,
-            "snakemake": _version("snakemake"),
-            "torchdeq": _version("torchdeq"),
-            "nvidia-ml-py": _version("nvidia-ml-py"),
+            "snakemake": version("snakemake"),
+            "torchdeq": version("torchdeq"),
+            "nvidia-ml-py": version("nvidia-ml-py"),
         },
         "device": {
             "cpu": cpu_name(),

@@ -275,7 +275,7 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
               "time this study's trained pair at its DEQ's loosest forward tolerance that keeps validation "
               "perplexity within 1% of its best.", ""]
     if tables[4]["weights"].astype(str).str.contains("paper widths").any():
-        from deq.bench.runtime import PAPER_WIDTH_CPU_NOTE
+        from deq.report.benchmarks import PAPER_WIDTH_CPU_NOTE
 
         lines += [f"Paper widths on a CPU: {PAPER_WIDTH_CPU_NOTE}", ""]
     if "size sweep" in tables:
