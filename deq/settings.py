@@ -22,6 +22,7 @@ __all__ = ["BACKWARDS", "DEFAULTS", "SOLVER_OPTIONS", "STOP_MODES", "SolverSetti
 SOLVER_OPTIONS = {
     "anderson": ("m", "lam", "beta"),
     "broyden": ("m", "line_search", "ls_max_steps"),
+    "gmres": ("m",),
     "picard": ("beta",),
 }
 STOP_MODES = ("abs", "rel", "batch_rms")

@@ -158,7 +158,7 @@ def test_already_converged_start_returns_immediately():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"solver": "andersen"}, "unknown solver 'andersen'; choose from ['anderson', 'broyden', 'picard']"),
+        ({"solver": "andersen"}, "unknown solver 'andersen'; choose from ['anderson', 'broyden', 'gmres', 'picard']"),
         ({"stop_mode": "max"}, "unknown stop_mode 'max'; choose from ['abs', 'rel', 'batch_rms']"),
         ({"tol": 0.0}, "tol must be > 0, got tol=0.0"),
         ({"tol": -1e-3}, "tol must be > 0, got tol=-0.001"),

@@ -24,12 +24,14 @@ from deq.settings import DEFAULTS, check_solver_args
 
 from .anderson import anderson
 from .broyden import broyden
+from .gmres import gmres
 from .picard import picard
 from .stats import STOP_MODES, Function, SolverStats
 
 SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
     "anderson": anderson,
     "broyden": broyden,
+    "gmres": gmres,  # restarted GMRES(m): meant for the implicit backward, whose map is affine
     "picard": picard,
 }
 
