@@ -107,3 +107,21 @@ def test_the_generator_reads_csvs_not_the_benchmarks():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     imported = out.stdout.split()
     assert not [m for m in imported if m.startswith(("torch", "deq.bench", "deq.models", "deq.rows", "baselines"))]
+
+
+def test_timing_the_quickstart_records_each_command_and_stops_at_a_failure(tmp_path, monkeypatch):
+    # `time` runs the README's commands in a fresh clone: each row is one command with its wall time and
+    # pytest's count of passed tests; a failing command names itself and its log, and writes nothing.
+    monkeypatch.setattr(readme, "QUICKSTART", ("echo 3 failed, 12 passed in 1s", "git status --short"))
+    out = tmp_path / "out"
+    out.mkdir()
+    frame = pd.read_csv(readme.time_quickstart(parent=tmp_path, out_dir=out))
+    assert list(frame.command) == ["echo 3 failed, 12 passed in 1s", "git status --short"]
+    assert frame.passed.iloc[0] == 12 and pd.isna(frame.passed.iloc[1])
+    assert (frame.wall_s >= 0).all() and set(readme.PROVENANCE) <= set(frame.columns)
+    assert not frame.revision.str.endswith("+dirty").any()  # a fresh clone of HEAD, its logs untracked
+    monkeypatch.setattr(readme, "QUICKSTART", ("true", "exit 3"))
+    (out / "quickstart.csv").unlink()
+    with pytest.raises(RuntimeError, match=r"`exit 3` failed \(exit 3\)"):
+        readme.time_quickstart(parent=tmp_path, out_dir=out)
+    assert not (out / "quickstart.csv").exists()

@@ -1,6 +1,6 @@
-"""README's Performance section, rendered from the committed reference CSVs (measure, then render).
+"""README's measured numbers, rendered from the committed reference CSVs (measure, then render).
 
-Every measured number the README's Performance section quotes stands between two markers,
+Every measured number the README quotes (the Performance section, the Quickstart's timings) stands between two markers,
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``, and is rendered from a committed CSV under
 ``results/reference/cpu/`` by the block's renderer in :data:`BLOCKS`; prose outside the markers
 explains method and quotes no measurement.
@@ -11,6 +11,9 @@ explains method and quotes no measurement.
   --preset cpu`` in a checkout (this repository by default; a clean ``git worktree`` gives a clean
   revision) and writes ``results/reference/cpu/NAME.csv``: the benchmark's CSV with its provenance
   on every row (:data:`PROVENANCE`). ``memory_paper.csv`` comes from ``make paper-memory``.
+- ``python -m deq.report.readme time`` clones this repository's HEAD into a fresh folder, runs the
+  README's two commands there as a newcomer would (:data:`QUICKSTART`), and writes their wall times
+  to ``results/reference/cpu/quickstart.csv``; the Quickstart's timings are rendered from it.
 
 The module reads CSVs only (pandas, numpy): it imports neither torch nor the benchmarks, and
 depends on the benchmarks' CSV columns alone (each block names the ones it reads; a missing one
@@ -83,11 +86,57 @@ def measure(name: str, checkout: Path = REPO, out_dir: Path | None = None, prese
     return target
 
 
+# ---- time: the README's two commands in a fresh clone ---------------------------------------------
+
+QUICKSTART = ("make test", "make run PRESET=smoke")  # run in this order, in one fresh clone
+PASSED = re.compile(r"(\d+) passed")
+
+
+def time_quickstart(parent: Path = REPO.parent, out_dir: Path | None = None) -> Path:
+    """Clone HEAD into a new folder under ``parent``, run :data:`QUICKSTART` there one after the other,
+    and write each command's wall time (and pytest's count of passed tests, where it prints one) with its
+    provenance to ``out_dir/quickstart.csv``. A command that fails stops it, naming its log; nothing is
+    written then. ``parent`` must hold what the tests expect beside a checkout (``../shared/data``)."""
+    clone = Path(tempfile.mkdtemp(prefix="deq-quickstart-", dir=parent))
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    rows = []
+    for command in QUICKSTART:
+        log = clone / f"{command.replace(' ', '_').replace('=', '-')}.log"
+        start = time.monotonic()
+        with open(log, "w") as out:
+            done = subprocess.run(command, shell=True, cwd=clone, stdout=out, stderr=subprocess.STDOUT)
+        wall_s = time.monotonic() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"`{command}` failed (exit {done.returncode}) in {clone}; see {log}")
+        counts = PASSED.findall(log.read_text())
+        rows.append({"passed": int(counts[-1]) if counts else None,
+                     **provenance(clone, command.split(), wall_s)})
+    target = (REPO / REFERENCE if out_dir is None else out_dir) / "quickstart.csv"
+    atomic_write_text(target, pd.DataFrame(rows).astype({"passed": "Int64"}).to_csv(index=False))
+    return target
+
+
+QUICKSTART_COLUMNS = ("passed", *PROVENANCE)
+
+
+def render_quickstart(frame: pd.DataFrame) -> str:
+    by = {row.command: row for row in frame.itertuples()}
+    missing = [command for command in QUICKSTART if command not in by]
+    if missing:
+        raise ValueError(f"quickstart.csv lacks {missing}; remake it with: {REMAKE['quickstart']}")
+    test, run = by["make test"], by["make run PRESET=smoke"]
+    first = frame.iloc[0]
+    return (f"Timed in a fresh clone (`python -m deq.report.readme time`, {first.date}, revision {first.revision}, "
+            f"{first.machine}): `make test` ran {int(test.passed):,} tests in {test.wall_s / 60:.0f} minutes "
+            f"({test.wall_s:,.0f} s, the install included), then `make run PRESET=smoke` took {run.wall_s:,.0f} s; "
+            f"`{REFERENCE}/quickstart.csv`.")
+
+
 # ---- reading: every block names the CSV and the columns it reads -----------------------------------
 
 GB = 1e9
 REMAKE = {name: f"python -m deq.report.readme measure {name}" for name in BENCHMARKS} | {
-    "memory_paper": "make paper-memory"}
+    "memory_paper": "make paper-memory", "quickstart": "python -m deq.report.readme time"}
 
 
 def read_reference(name: str, needs: tuple[str, ...], root: Path) -> pd.DataFrame:
@@ -451,6 +500,7 @@ BLOCKS = {
     "memory": ("memory", MEMORY_COLUMNS, render_memory),
     "depth": ("depth", DEPTH_COLUMNS, render_depth),
     "runtime": ("runtime", RUNTIME_COLUMNS, render_runtime),
+    "quickstart": ("quickstart", QUICKSTART_COLUMNS, render_quickstart),
 }
 MARKED = re.compile(r"<!-- ([a-z0-9-]+):start -->.*?<!-- \1:end -->", re.S)
 
@@ -492,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("name", choices=BENCHMARKS)
     run.add_argument("--checkout", type=Path, default=REPO, help="where to run it (default: this repository)")
     run.add_argument("--out", type=Path, default=None, help=f"folder for NAME.csv (default: {REFERENCE})")
+    clock = sub.add_parser("time", help="time the README's two commands in a fresh clone of HEAD")
+    clock.add_argument("--parent", type=Path, default=REPO.parent, help="where the clone goes (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.action == "time":
+        print(time_quickstart(args.parent.resolve()))
+        return 0
     if args.action == "measure":
         print(measure(args.name, args.checkout.resolve(), args.out))
         return 0
