@@ -154,6 +154,7 @@ HISTORY_SIZES = {
     "anderson-m2-to-m9": ("anderson", (30, {"m": 2}), (30, {"m": 9})),
     "broyden-cap6-to-cap30": ("broyden", (6, {}), (30, {})),
     "broyden-m2-to-m9": ("broyden", (30, {"m": 2}), (30, {"m": 9})),
+    "gmres-m2-to-m9": ("gmres", (30, {"m": 2}), (30, {"m": 9})),
     "picard-cap6-to-cap30": ("picard", (6, {}), (30, {})),
 }
 
@@ -179,10 +180,10 @@ def test_solver_buffer_account_grows_by_what_a_larger_history_really_allocates(c
 # Working vectors (B, d) a solve holds beyond its history, f's output and temporaries included, measured
 # with f(z) = 0.999 z + 1: not in the account, but the same at every cap. Picard's, counted by hand: at
 # z + beta * g the old z, f(z), g, beta * g and the new z are alive.
-WORKING_VECTORS = {"anderson": 6, "broyden": 14, "picard": 5}
+WORKING_VECTORS = {"anderson": 6, "broyden": 14, "gmres": 4, "picard": 5}
 
 
-@pytest.mark.parametrize("solver, options", [("anderson", {}), ("broyden", {}), ("broyden", {"m": 5}), ("picard", {})])
+@pytest.mark.parametrize("solver, options", [("anderson", {}), ("broyden", {}), ("broyden", {"m": 5}), ("gmres", {}), ("picard", {})])
 def test_solver_buffers_are_what_the_solver_really_allocates(solver, options):
     # The account must be the solver's real history: the allocator's peak over a solve that runs to its
     # cap is the account plus a fixed working set, whatever the cap (a wrong slot count would grow it).

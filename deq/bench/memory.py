@@ -71,7 +71,7 @@ PAIRS = {
 # ---- what the solvers hold ------------------------------------------------------------------------
 
 # solver -> (B, d) vectors of its history with m slots (the solvers that have a buffer account)
-HISTORY = {"anderson": lambda m: 2 * m + 2, "broyden": lambda m: 2 * m, "picard": lambda m: 0}
+HISTORY = {"anderson": lambda m: 2 * m + 2, "broyden": lambda m: 2 * m, "gmres": lambda m: m + 1, "picard": lambda m: 0}
 
 
 def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d: int, itemsize: int = 4) -> int:
@@ -79,9 +79,10 @@ def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d
 
     ``d`` is one sample's flattened state, T x d_state. Anderson: dG and dS (B, m, d) each, the probe
     (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
-    unless given (and never above it); Picard: nothing. Every solver's trace also keeps its best
-    iterate (B, d). The working vectors (B, d) of the current step are not counted: measured with a cheap
-    f (its output included), Anderson 6, Broyden 14, Picard 5, whatever the cap (``tests/test_bench_memory.py``).
+    unless given (and never above it); GMRES: its basis (B, m + 1, d); Picard: nothing. Every solver's
+    trace also keeps its best iterate (B, d). The working vectors (B, d) of the current step are not
+    counted: measured with a cheap f (its output included), Anderson 6, Broyden 14, GMRES 4, Picard 5,
+    whatever the cap (``tests/test_bench_memory.py``).
     Broyden holds ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
     """
     if solver not in HISTORY:
