@@ -17,8 +17,8 @@ import numpy as np
 from deq.presets import RuntimeScale, SolverScale
 
 __all__ = ["GOAL_DEPTH", "GOAL_REDUCTION", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
-           "explicit_line", "fmt", "mb", "pct", "render_depth", "render_memory", "render_runtime", "render_solvers",
-           "solver_targets", "spread"]
+           "explicit_line", "fmt", "mb", "pct", "per_call_ratio", "render_depth", "render_memory", "render_runtime", "render_solvers",
+           "solver_table", "solver_targets", "spread"]
 
 MB = 1e6
 GOAL_DEPTH, GOAL_REDUCTION = 16, 0.9  # the issue's goal: >= 90% below the explicit stack from depth 16
@@ -40,17 +40,37 @@ def pct(value: float | None, spec: str = ".1f") -> str:
 
 # ---- solvers ----------------------------------------------------------------------------------------
 
+def per_call_ratio(by: dict, a: tuple[str, str], b: tuple[str, str], phase: str = "forward_fixed_nfe") -> float | None:
+    """Median over rounds of the within-round ratio of wall per f call, a / b (drift common to a round
+    cancels); ``by``: (source, solver, phase) -> record. None where either entry is missing."""
+    if a + (phase,) not in by or b + (phase,) not in by:
+        return None
+    per_call = [[float(v) / by[key + (phase,)]["nfe"] for v in str(by[key + (phase,)]["round_walls_ms"]).split()]
+                for key in (a, b)]
+    return statistics.median(x / y for x, y in zip(*per_call))
+
+
+def solver_table(records: list[dict]) -> list[str]:
+    """The solver benchmark's table, one line per (library, solver, phase) record."""
+    lines = ["| library | solver | phase | wall ms [IQR] | iters | nfe | ms/nfe | overhead ms/nfe | "
+             "fwd rel res (max) | fwd conv | bwd iters | bwd rel res (max) | bwd conv |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r['source']} | {r['solver']} | {r['phase']} | {r['wall_ms']:.1f} [{r['wall_ms_q1']:.1f}, "
+            f"{r['wall_ms_q3']:.1f}] | {r['n_iter']} | {r['nfe']} | {r['ms_per_nfe']:.2f} | "
+            f"{fmt(r['overhead_ms_per_nfe'], '.2f')} | {r['rel_residual_max']:.1e} | "
+            f"{r['converged_fraction']:.2f} | {fmt(r['bwd_n_iter'], '.0f')} | "
+            f"{fmt(r['bwd_rel_residual_max'], '.1e')} | {fmt(r['bwd_converged_fraction'], '.2f')} |")
+    return lines
+
+
 def solver_targets(records: list[dict], scale: SolverScale) -> list[tuple[str, float | None, str, bool | None]]:
     """The solver issue's targets as (what, measured value, goal, met)."""
     by = {(r["source"], r["solver"], r["phase"]): r for r in records}
 
     def ratio(a: tuple[str, str], b: tuple[str, str], phase: str = "forward_fixed_nfe") -> float | None:
-        """Median over rounds of the within-round ratio of wall per f call, A/B: drift cancels."""
-        if a + (phase,) not in by or b + (phase,) not in by:
-            return None
-        per_call_a, per_call_b = ([float(v) / by[key + (phase,)]["nfe"]
-                                   for v in by[key + (phase,)]["round_walls_ms"].split()] for key in (a, b))
-        return statistics.median(x / y for x, y in zip(per_call_a, per_call_b))
+        return per_call_ratio(by, a, b, phase)
 
     ours, peer = "deq-harness", "torchdeq"
     out = []
@@ -88,16 +108,7 @@ def render_solvers(records: list[dict], scale: SolverScale, preset: str, version
               f"one f evaluation takes {records[0]['f_eval_ms']:.1f} ms.\n"
               + ("\nSmoke scale: the sizes only exercise the code; the targets are meant for the cpu and "
                  "paper presets.\n" if preset == "smoke" else ""))
-    lines = [header, "| library | solver | phase | wall ms [IQR] | iters | nfe | ms/nfe | overhead ms/nfe | "
-             "fwd rel res (max) | fwd conv | bwd iters | bwd rel res (max) | bwd conv |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(
-            f"| {r['source']} | {r['solver']} | {r['phase']} | {r['wall_ms']:.1f} [{r['wall_ms_q1']:.1f}, "
-            f"{r['wall_ms_q3']:.1f}] | {r['n_iter']} | {r['nfe']} | {r['ms_per_nfe']:.2f} | "
-            f"{fmt(r['overhead_ms_per_nfe'], '.2f')} | {r['rel_residual_max']:.1e} | "
-            f"{r['converged_fraction']:.2f} | {fmt(r['bwd_n_iter'], 'd')} | "
-            f"{fmt(r['bwd_rel_residual_max'], '.1e')} | {fmt(r['bwd_converged_fraction'], '.2f')} |")
+    lines = [header, *solver_table(records)]
     lines += ["", "Ratios compare wall time per f call, as medians over rounds of the within-round ratio.", "",
               "| target | measured | goal | met |", "|---|---|---|---|"]
     for label, value, goal, met in solver_targets(records, scale):

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,8 @@ import pandas as pd
 
 from deq.io import atomic_write_text
 from deq.provenance import REPO, cpu_name, revision, version
-from deq.report.benchmarks import GOAL_DEPTH, GOAL_REDUCTION, MB, bound, explicit_line, fmt, mb, pct, spread
+from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, MB, bound, explicit_line, fmt, mb, pct, per_call_ratio,
+                                   solver_table, spread)
 
 REFERENCE = Path("results/reference/cpu")  # relative to the repository root
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")  # python -m deq.bench NAME
@@ -182,15 +182,6 @@ SOLVER_COLUMNS = ("source", "solver", "phase", "wall_ms", "wall_ms_q1", "wall_ms
                   *PROVENANCE)
 
 
-def per_call_ratio(by: dict, a: tuple[str, str], b: tuple[str, str], phase: str) -> float | None:
-    """Median over rounds of the within-round ratio of wall per f call, a / b (drift common to a round cancels)."""
-    if a + (phase,) not in by or b + (phase,) not in by:
-        return None
-    per_call = [[float(v) / by[key + (phase,)]["nfe"] for v in str(by[key + (phase,)]["round_walls_ms"]).split()]
-                for key in (a, b)]
-    return statistics.median(x / y for x, y in zip(*per_call))
-
-
 def render_solvers(frame: pd.DataFrame) -> str:
     rows = frame.to_dict("records")
     by = {(r["source"], r["solver"], r["phase"]): r for r in rows}
@@ -201,16 +192,7 @@ def render_solvers(frame: pd.DataFrame) -> str:
              f"interleaved rounds after a warm-up (IQR in brackets); one f evaluation takes {first['f_eval_ms']:.1f} "
              f"ms. At random initialisation convergence is slow: after {anderson['n_iter']} forward iterations our "
              f"Anderson leaves {1 - anderson['converged_fraction']:.0%} of the samples above the forward tolerance.",
-             "", "| library | solver | phase | wall ms [IQR] | iters | nfe | ms/nfe | overhead ms/nfe | "
-             "fwd rel res (max) | fwd conv | bwd iters | bwd rel res (max) | bwd conv |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['source']} | {r['solver']} | {r['phase']} | {r['wall_ms']:.1f} [{r['wall_ms_q1']:.1f}, "
-            f"{r['wall_ms_q3']:.1f}] | {r['n_iter']} | {r['nfe']} | {r['ms_per_nfe']:.2f} | "
-            f"{fmt(r['overhead_ms_per_nfe'], '.2f')} | {r['rel_residual_max']:.1e} | {r['converged_fraction']:.2f} | "
-            f"{fmt(r['bwd_n_iter'], '.0f')} | {fmt(r['bwd_rel_residual_max'], '.1e')} | "
-            f"{fmt(r['bwd_converged_fraction'], '.2f')} |")
+             "", *solver_table(rows)]
     lines += ["", "Ratios compare wall time per f call, as medians over rounds of the within-round ratio; a "
               "backward reaches its tolerance when every sample does.", "",
               "| target | measured | goal | met |", "|---|---|---|---|"]
