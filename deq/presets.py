@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["PRESETS", "Benchmarks", "DepthScale", "Evaluation", "GpuScale", "Preset", "RuntimeScale", "SolverScale",
-           "Training", "preset"]
+__all__ = ["PRESETS", "Benchmarks", "DepthScale", "Evaluation", "GpuScale", "MemoryScale", "Preset", "RuntimeScale",
+           "SolverScale", "Training", "preset"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,24 @@ class SolverScale:
 
 
 @dataclass(frozen=True)
+class MemoryScale:
+    """:mod:`deq.bench.memory`: one training step of every row of Tables 2-3 (the paper's protocol: 150 x 15)."""
+
+    preset: str  # widths (and everything else) of get_config's preset: 'paper', 'cpu' or 'smoke'
+    paper_depth: bool  # keep the paper row's n_layer (and aux readouts) instead of the preset's
+    seq_len: int  # tokens per sample
+    batch: int  # samples per step
+
+    @property
+    def label(self) -> str:
+        if self.preset == "paper":
+            what = "paper widths"
+        else:
+            what = f"{self.preset} widths, paper depth" if self.paper_depth else f"{self.preset} preset"
+        return f"{what}, {self.seq_len} x {self.batch}"
+
+
+@dataclass(frozen=True)
 class DepthScale:
     """:mod:`deq.bench.depth`: one cell as a weight-tied stack and as a DEQ, at depths 2 ... 64."""
 
@@ -162,7 +180,7 @@ class Benchmarks:
     """How large a preset's benchmarks are."""
 
     solvers: SolverScale
-    memory_budget_s: float | None  # deq.bench.memory: estimated seconds per row, which pick its scale (None: smoke's)
+    memory: MemoryScale
     depth: DepthScale
     runtime: RuntimeScale
     gpu: GpuScale | None = None  # the one-shot GPU script runs at paper scale, or shrunk at smoke
@@ -171,13 +189,15 @@ class Benchmarks:
 SMOKE_CELL = dict(d_model=32, n_head=2, d_inner=64, seq_len=16, batch=2)
 CPU_CELL = dict(d_model=256, n_head=4, d_inner=1024, seq_len=128, batch=8)  # the solver issue's setting
 SMOKE_BENCH = Benchmarks(
-    SolverScale(**SMOKE_CELL, rounds=1, max_iter=12, backward_max_iter=12, fixed_nfe=8), None,
+    SolverScale(**SMOKE_CELL, rounds=1, max_iter=12, backward_max_iter=12, fixed_nfe=8), MemoryScale("smoke", True, 24, 3),
     DepthScale("smoke", 16, 2), RuntimeScale(8, 2, 3, 2, "ptb", paper_depth=False),
     GpuScale("cpu", "wikitext-2", 8, 2, 8, 2, {"memory": 2, "paper_memory": 2, "runtime": 3, "throughput": 1}))
-CPU_BENCH = Benchmarks(SolverScale(**CPU_CELL, rounds=5), 30.0, DepthScale("cpu", 150, 15),
+# Memory at cpu: the study's widths at the paper's depths (the depth ratio drives the reduction), at batch 4 so
+# that the slowest rows stay within minutes on 2 cores (the CSV's step_s and warmup_s columns say what each took).
+CPU_BENCH = Benchmarks(SolverScale(**CPU_CELL, rounds=5), MemoryScale("cpu", True, 150, 4), DepthScale("cpu", 150, 15),
                        RuntimeScale(64, 4, 6, 3, "ptb", paper_depth=True))
 PAPER_BENCH = Benchmarks(
-    SolverScale(**CPU_CELL, rounds=10), 900.0, DepthScale("paper", 150, 15),
+    SolverScale(**CPU_CELL, rounds=10), MemoryScale("paper", True, 150, 15), DepthScale("paper", 150, 15),
     RuntimeScale(150, 15, 6, 3, "wikitext-103", paper_depth=True),
     GpuScale("cuda", "wikitext-103", 150, 56, 150, 5, {"memory": 60, "paper_memory": 90, "runtime": 120,
                                                         "throughput": 45}))

@@ -15,6 +15,7 @@ from deq.bench import depth, memory
 from deq.bench.common import columns, scales
 from deq.report.benchmarks import best_possible_reduction, explicit_line
 from deq.engine.memory import AllocatorPeak
+from deq.presets import MemoryScale
 from deq.rows.build import build_cell
 from deq.rows.configs import CONFIGS, get_config
 
@@ -130,9 +131,31 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
         pytest.skip("a GPU is present: NVML is in use")
     assert all(r["nvml"] is False and r["nvml_reason"] for r in rows)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # importing it now raises ImportError
-    row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", memory.Scale("smoke", False, 8, 2)),
-                             memory.Scale("smoke", False, 8, 2), steps=1, device="cpu")
+    scale = MemoryScale("smoke", False, 8, 2)
+    row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", scale), scale, steps=1, device="cpu")
     assert row.nvml is False and math.isfinite(row.memory_bytes)
+
+
+def test_a_group_out_of_gpu_memory_runs_together_at_the_largest_halved_batch_that_fits(monkeypatch):
+    # Where one row of a pair does not fit, the DEQ and its counterparts all step down, so that the
+    # reduction stays like for like; at batch 1 the error is the user's to see.
+    seen = []
+
+    def fake_measure_row(cfg, scale, steps, device):
+        seen.append((cfg.name, scale.batch))
+        if cfg.name == "c" or cfg.name == "b" and scale.batch > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return scale.batch
+
+    monkeypatch.setattr(memory, "measure_row", fake_measure_row)
+    monkeypatch.setattr(memory, "config_at", lambda name, scale: type("Row", (), {"name": name})())
+    ran, reason, steps = memory.measure_group(("a", "b"), MemoryScale("paper", True, 150, 15), 2, "cuda")
+    assert ran.batch == 3 and steps == {"a": 3, "b": 3}
+    assert reason == "paper widths, 150 x 7: out of GPU memory"
+    assert seen == [("a", 15), ("b", 15), ("a", 7), ("b", 7), ("a", 3), ("b", 3)]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        memory.measure_group(("c",), MemoryScale("paper", True, 150, 2), 2, "cuda")
+    assert seen[-2:] == [("c", 2), ("c", 1)]
 
 
 def test_solver_buffer_account_names_an_unknown_solver():

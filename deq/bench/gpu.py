@@ -86,12 +86,10 @@ def device_info(shrink: bool, budget_s: float) -> dict:
 # ---- the parts --------------------------------------------------------------------------------------
 
 def memory_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Tables 2-3 memory (:mod:`deq.bench.memory`), each row with its share of the time left (it picks scales)."""
+    """Tables 2-3 memory at the preset's scale (:mod:`deq.bench.memory`; paper: the protocol, 150 x 15)."""
     from deq.bench.memory import run_memory_benchmark
-    from deq.rows.configs import CONFIGS
 
-    per_row_s = max(1.0, (deadline - time.monotonic()) / len(CONFIGS))
-    run_memory_benchmark(preset, out / "memory.csv", out / "memory.md", budget_s=per_row_s)
+    run_memory_benchmark(preset, out / "memory.csv", out / "memory.md")
     return [out / "memory.csv", out / "memory.md"]
 
 

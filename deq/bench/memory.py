@@ -2,9 +2,11 @@
 
 ``run_memory_benchmark(preset)``: every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each
 explicit counterpart) trains ``steps`` steps (forward + backward + Adam; the first ones warm up and
-create the segment memory) on random tokens at sequence 150, batch 15, and the last step is measured
-with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"); the columns are
-:class:`MemoryRow`'s and :class:`StepMemory`'s fields:
+create the segment memory) on random tokens at the preset's scale (:class:`deq.presets.MemoryScale`:
+``paper``, the paper's protocol of sequence 150, batch 15 at the paper's widths; ``cpu``, the study's
+widths at the paper's depths, 150 x 4; ``smoke``, plumbing only), and the last step is measured with
+word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"). The paper's widths on a
+CPU are :mod:`deq.bench.paper_memory`. The columns are :class:`MemoryRow`'s and :class:`StepMemory`'s:
 
 - ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`:
   ``torch.cuda.max_memory_allocated`` on CUDA, ``method`` 'cuda-max-allocated'; on CPU the largest
@@ -21,14 +23,11 @@ with word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"
 
 Tokens are drawn from a Zipf (1/rank) law, the shape of a frequency-sorted vocabulary: uniform ids
 would put most targets in the adaptive softmax's tail clusters and inflate its activations. A DEQ
-row is measured as a DEQ (after pretraining). Rows too large for the machine (a per-row time budget
-and half the free memory, estimated from FLOP and parameter counts before anything runs) run at the
-largest scale of a ladder that fits: paper widths at batch 15, 8, 4, 2, 1, then the ``cpu`` preset's
-widths at the paper's depth, then the ``cpu`` preset itself (depth / 4), each at batch 15 ... 1; the
-``scale`` column says which ran and ``scale_reason`` why. Activation checkpointing hides its saves from
-the hooks, so a checkpointed row adds what it keeps: every layer's input z and one layer recomputed in
-the backward (``activation_method`` says so). A DEQ and its explicit counterparts always run at one
-scale, so each explicit row's ``reduction`` (1 - DEQ / this row) is like for like.
+row is measured as a DEQ (after pretraining). A DEQ and its explicit counterparts always run at one
+scale (where one runs out of GPU memory, all run at the largest halved batch that fits; ``scale_reason``
+says so), so each explicit row's ``reduction`` (1 - DEQ / this row) is like for like. Activation
+checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps: every layer's
+input z and one layer recomputed in the backward (``activation_method`` says so).
 
 Memory against effective depth (DEQ vs weight-tied stack) is :mod:`deq.bench.depth`.
 
@@ -40,9 +39,7 @@ from __future__ import annotations
 
 import gc
 import inspect
-import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -51,11 +48,12 @@ from deq.bench.common import clock, columns, measure_step, scales, write_rows, z
 from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
 from deq.report.benchmarks import render_memory
 from deq.rows.build import build_model
+from deq.presets import MemoryScale
 from deq.rows.configs import CONFIGS, LMConfig, get_config
 from deq.settings import SolverSettings
 from deq.solvers import SOLVERS
 
-__all__ = ["PAIRS", "MemoryRow", "Scale", "StepMemory", "run_memory_benchmark", "solver_buffer_bytes"]
+__all__ = ["PAIRS", "MemoryRow", "StepMemory", "run_memory_benchmark", "solver_buffer_bytes"]
 
 PROTOCOL_SEQ, PROTOCOL_BATCH = 150, 15  # the paper's memory protocol
 # DEQ row -> its explicit counterparts in the paper's tables.
@@ -122,25 +120,9 @@ class _SplitCounter(SavedActivations):
         return out
 
 
-# ---- estimates: what fits ---------------------------------------------------------------------------
+# ---- the scale --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Scale:
-    preset: str  # widths (and everything else) of get_config's preset: 'paper', 'cpu' or 'smoke'
-    paper_depth: bool  # keep the paper row's n_layer (and aux readouts) instead of the preset's
-    seq_len: int  # tokens per sample (the protocol: 150)
-    batch: int  # samples per step (the protocol: 15)
-
-    @property
-    def label(self) -> str:
-        if self.preset == "paper" or self.paper_depth:
-            what = f"{self.preset} widths" + ("" if self.preset == "paper" else ", paper depth")
-        else:
-            what = f"{self.preset} preset"
-        return f"{what}, {self.seq_len} x {self.batch}"
-
-
-def config_at(name: str, scale: Scale) -> LMConfig:
+def config_at(name: str, scale: MemoryScale) -> LMConfig:
     """Row ``name`` at ``scale``: the preset's config, with the paper's depth if the scale keeps it."""
     cfg = get_config(name, scale.preset)
     if scale.paper_depth and scale.preset != "paper":
@@ -149,115 +131,16 @@ def config_at(name: str, scale: Scale) -> LMConfig:
     return cfg
 
 
-# Paper widths first, then CPU widths at the paper's depths (the depth ratio drives the reduction), then
-# the cpu preset (depth / 4); each with batch 15 down to 1.
-LADDER = tuple(Scale(p, deep, PROTOCOL_SEQ, b) for p, deep in (("paper", True), ("cpu", True), ("cpu", False))
-               for b in (15, 8, 4, 2, 1))
-SMOKE_SCALE = Scale("smoke", True, 24, 3)  # where a preset gives no time budget: exercises the code only
-
-
-def _zipf_mass(n_token: int, lo: int, hi: int) -> float:
-    def harmonic(n: int) -> float:
-        return math.log(n) + 0.5772 + 1 / (2 * n) if n else 0.0
-    return (harmonic(hi) - harmonic(lo)) / harmonic(n_token)
-
-
 def state_width(cfg: LMConfig) -> int:
     """Channels of the row's state z: d_model for the transformer cell, [h; c] for the TrellisNet's."""
     return cfg.d_model if cfg.family == "transformer" else 2 * cfg.cell.d_hidden
 
 
-def _costs(cfg: LMConfig, scale: Scale) -> tuple[float, float, float]:
-    """(forward FLOPs of one f, bytes one f saves, FLOPs of the injection), per token; rough, for planning."""
-    cell, T = cfg.cell, scale.seq_len
-    if cfg.family == "transformer":
-        d, hd, keys = cell.d_model, cell.n_head * cell.d_head, T + min(cfg.mem_len, T)
-        flops = 2 * (keys / T * d * 3 * hd + hd * d + 2 * d * cell.d_inner) + 6 * keys * hd
-        return flops, 4 * (4 * cell.n_head * keys + 16 * d + 6 * hd + 3 * cell.d_inner), 2 * d * 3 * hd
-    dh = cell.d_hidden
-    return 2 * 2 * dh * 4 * dh, 4 * 14 * dh, 2 * 2 * cell.d_embed * 4 * dh
-
-
-def _softmax_costs(cfg: LMConfig) -> tuple[float, float]:
-    """(forward FLOPs, saved bytes) per token of the tied adaptive softmax under Zipf targets."""
-    bounds = (0, *cfg.cutoffs, cfg.n_token)
-    widths = [cfg.d_embed // cfg.div_val ** i for i in range(len(bounds) - 1)]
-    head = bounds[1] + len(bounds) - 2
-    flops, saved = 2 * head * widths[0], 12 * head
-    for i in range(1, len(widths)):
-        p = _zipf_mass(cfg.n_token, bounds[i], bounds[i + 1])
-        flops += p * 2 * (bounds[i + 1] - bounds[i] + cfg.d_model) * widths[i]
-        saved += p * 12 * (bounds[i + 1] - bounds[i])
-    return flops, saved
-
-
-@lru_cache(maxsize=None)
-def _parameter_counts(name: str, preset: str, paper_depth: bool) -> tuple[int, int]:
-    """(all parameters, embedding parameters) of a row, counted on the meta device."""
+def nonembedding_params(cfg: LMConfig) -> int:
+    """Parameters of a row outside its word embedding (and a softmax tied to it), counted on the meta device."""
     with torch.device("meta"):
-        model = build_model(config_at(name, Scale(preset, paper_depth, 1, 1)))
-    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.embedding.parameters())
-
-
-def _throughput(device: str) -> float:
-    """FLOP/s assumed for these models: fixed, so that the same machine always plans the same scales.
-
-    A CPU core sustains about 25 GFLOP/s on them (measured here: 40-130 GFLOP/s on 2 cores, lower for
-    TrellisNet's convolutions and small batches); a GPU is taken at 20 TFLOP/s (float32, H100 class).
-    """
-    return 20e12 if device == "cuda" else 25e9 * torch.get_num_threads()
-
-
-def estimate(cfg: LMConfig, scale: Scale, steps: int, device: str) -> tuple[float, float]:
-    """(seconds for ``steps`` training steps, peak bytes) of a row at ``scale``: FLOP and byte counts."""
-    tokens = scale.seq_len * scale.batch
-    n_params, _ = _parameter_counts(cfg.name, scale.preset, scale.paper_depth)
-    f_flops, f_bytes, inject = _costs(cfg, scale)
-    sm_flops, sm_bytes = _softmax_costs(cfg)
-    readouts = 1 + cfg.n_aux_readouts
-    d_state = state_width(cfg)
-    buffers = 0
-    if cfg.driver == "deq":  # the forward solve to its cap, the tracked f(z*) and the backward VJPs (~2 f each)
-        s = cfg.solver
-        evals, injects, applied = s.max_iter + 3 + 2 * s.backward_max_iter, 3, 1
-        buffers = max(deq_buffer_bytes(s, scale.batch, scale.seq_len, d_state))
-    else:
-        evals = (4 if cfg.checkpoint else 3) * cfg.n_layer
-        injects = 3 * (cfg.n_layer if cfg.driver == "untied" else 1)
-        applied = 1 + cfg.n_layer * 4 * d_state / f_bytes if cfg.checkpoint else cfg.n_layer
-    flops = tokens * (evals * f_flops + injects * inject + 3 * readouts * sm_flops) + 20 * n_params
-    peak = 16 * n_params + tokens * (applied * f_bytes + readouts * sm_bytes) + buffers
-    return steps * flops / _throughput(device), peak
-
-
-def _memory_budget(device: str) -> float:
-    """The bytes a row may plan for: 80% of the GPU's free memory, half of MemAvailable on a CPU."""
-    if device == "cuda":
-        return 0.8 * torch.cuda.mem_get_info()[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return 0.5 * int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8e9
-
-
-def plan(names: tuple[str, ...], ladder: tuple[Scale, ...], budget_s: float, steps: int,
-         device: str) -> tuple[Scale, str]:
-    """The first scale of ``ladder`` at which every row of ``names`` fits; the last one otherwise."""
-    memory, first_miss = _memory_budget(device), None
-    for scale in ladder:
-        worst = max((estimate(config_at(n, scale), scale, steps, device) for n in names),
-                    key=lambda e: (e[0] / budget_s, e[1] / memory))
-        seconds, peak = worst
-        if seconds <= budget_s and peak <= memory:
-            head = f"{first_miss}; " if first_miss else ""
-            return scale, f"{head}fits: ~{seconds:.0f} s, ~{peak / 1e9:.1f} GB est."
-        if first_miss is None:
-            first_miss = (f"{scale.label} est. ~{seconds:.0f} s (budget {budget_s:.0f} s/row), "
-                          f"~{peak / 1e9:.1f} GB (budget {memory / 1e9:.0f} GB)")
-    return ladder[-1], f"{first_miss}; nothing smaller on the ladder"
+        model = build_model(cfg)
+    return sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.embedding.parameters())
 
 
 # ---- the measured step of one row -----------------------------------------------------------------
@@ -299,7 +182,7 @@ def _state_bytes(params, optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-def measure_row(cfg: LMConfig, scale: Scale, steps: int, device: str, cheap_warmup: bool = False) -> StepMemory:
+def measure_row(cfg: LMConfig, scale: MemoryScale, steps: int, device: str, cheap_warmup: bool = False) -> StepMemory:
     """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring).
 
     ``cheap_warmup``: a DEQ row's warm-up steps run its cell as a one-layer stack (the pretraining
@@ -383,8 +266,8 @@ class MemoryRow:
     name: str  # registry name
     paper_table: int
     driver: str  # 'deq', 'weight_tied' or 'untied'
-    scale: str  # the scale that ran (Scale.label)
-    scale_reason: str  # why that one
+    scale: str  # the scale that ran (MemoryScale.label)
+    scale_reason: str  # why that one: the preset's, or smaller where the preset's ran out of GPU memory
     model_preset: str
     n_layer: int
     seq_len: int
@@ -392,8 +275,6 @@ class MemoryRow:
     steps: int
     device: str
     n_params_nonembedding: int
-    est_s: float  # the plan's estimate of the steps' seconds
-    est_peak_bytes: float  # ... and of the peak
     step: StepMemory  # what was measured (its fields are columns)
     paper_memory_gb: float  # the paper's memory column
     counterparts: str  # a DEQ's explicit counterparts, ' / '-separated
@@ -404,15 +285,29 @@ class MemoryRow:
     paper_reduction: float | None = None  # ... the paper's
 
 
-def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None, md_path: str | Path | None = None,
-                         *, steps: int = 2, budget_s: float | None = None) -> list[MemoryRow]:
-    """One row per CONFIGS row (in its order) at the paper's protocol or the largest scale that fits.
+def measure_group(names: tuple[str, ...], scale: MemoryScale, steps: int, device: str
+                  ) -> tuple[MemoryScale, str, dict[str, StepMemory]]:
+    """(scale, why, {name: step}) of a DEQ and its counterparts at ``scale``, or, where one of them runs out
+    of GPU memory, all of them at the largest halved batch that fits: like for like."""
+    reason = "the preset's scale"
+    while True:
+        try:
+            return scale, reason, {name: measure_row(config_at(name, scale), scale, steps, device) for name in names}
+        except torch.cuda.OutOfMemoryError:
+            if scale.batch == 1:
+                raise
+            torch.cuda.empty_cache()
+            reason = f"{scale.label}: out of GPU memory"
+            scale = replace(scale, batch=scale.batch // 2)
 
-    ``smoke`` runs smoke-width models (at the paper's depths) on 24 x 3 tokens; ``cpu`` and ``paper`` give
-    each row a time budget for all ``steps`` (``budget_s``, default the preset's, :mod:`deq.presets`) and
-    pick the scale by estimate. Prints the Markdown; writes CSV / Markdown when paths are given.
+
+def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None, md_path: str | Path | None = None,
+                         *, steps: int = 2) -> list[MemoryRow]:
+    """One row per CONFIGS row (in its order) at the preset's scale (:class:`deq.presets.MemoryScale`).
+
+    Prints the Markdown; writes CSV / Markdown when paths are given.
     """
-    row_budget_s = scales(preset).memory_budget_s
+    scale = scales(preset).memory
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps=}")
     groups = [(deq_name, *counterparts) for deq_name, counterparts in PAIRS.items()]
@@ -422,17 +317,13 @@ def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     measured: dict[str, MemoryRow] = {}
     for group in groups:
-        if row_budget_s is None:
-            scale, reason = SMOKE_SCALE, "smoke preset: exercises the code only"
-        else:
-            scale, reason = plan(group, LADDER, budget_s or row_budget_s, steps, device)
+        ran, reason, steps_of = measure_group(group, scale, steps, device)
         for name in group:
-            cfg = config_at(name, scale)
-            total, embedding = _parameter_counts(name, scale.preset, scale.paper_depth)
+            cfg = config_at(name, ran)
             measured[name] = MemoryRow(
-                name, cfg.paper_table, cfg.driver, scale.label, reason, scale.preset, cfg.n_layer, scale.seq_len,
-                scale.batch, steps, device_name(), total - embedding, *estimate(cfg, scale, steps, device),
-                measure_row(cfg, scale, steps, device), cfg.paper_memory_gb, " / ".join(PAIRS.get(name, ())))
+                name, cfg.paper_table, cfg.driver, ran.label, reason, ran.preset, cfg.n_layer, ran.seq_len,
+                ran.batch, steps, device_name(), nonembedding_params(cfg), steps_of[name], cfg.paper_memory_gb,
+                " / ".join(PAIRS.get(name, ())))
     for deq_name, counterparts in PAIRS.items():
         ours = measured[deq_name]
         for name in counterparts:

@@ -16,8 +16,9 @@ Batch 15 of most rows does not fit a 2-core machine's time (a DEQ-Transformer me
 is minutes of CPU) or memory (the paper gives the 70-layer TrellisNet 24.7 GB). Every row is therefore
 measured at batches :data:`FIT_BATCHES`, fitted with peak = a + b * batch (a: what does not grow with
 the batch, the parameter state; b: activations, solver buffers and temporaries per sample), and
-extrapolated to 15 (``extrapolated`` True); a row whose estimated cost at batch 15 fits
-``direct_budget_s`` and half the free memory is also measured at 15, and that measurement is its
+extrapolated to 15 (``extrapolated`` True); a row whose cost at batch 15, extrapolated from its largest
+fit batch (seconds linear in the batch, the peak on the line), fits ``direct_budget_s`` and half the
+free memory is also measured at 15, and that measurement is its
 number, with the fit's error at 15 beside it (``fit_error``; the check of the method, printed). The
 columns are :class:`PaperMemoryRow`'s fields.
 
@@ -40,9 +41,9 @@ import pandas as pd
 import torch
 
 from deq.bench.common import columns, write_rows
-from deq.bench.memory import (PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, Scale, _memory_budget, config_at, deq_buffer_bytes,
-                              estimate, measure_row, state_width)
+from deq.bench.memory import PAIRS, PROTOCOL_BATCH, PROTOCOL_SEQ, config_at, deq_buffer_bytes, measure_row, state_width
 from deq.engine.memory import device_name
+from deq.presets import MemoryScale
 from deq.provenance import revision
 from deq.rows.configs import CONFIGS, LMConfig
 
@@ -53,7 +54,7 @@ __all__ = ["FIT_BATCHES", "VARIANTS", "PaperMemoryRow", "fit_line", "run_paper_m
 # activations + parameter state exactly, then +84, +96, +87, +97 MB per sample at 2, 4, 8, 15), which
 # put the line through 1 and 2 5-9% under the measured batch-15 peaks.
 FIT_BATCHES = (2, 4)
-DIRECT_BUDGET_S = 120.0  # estimated seconds of a row's two steps at batch 15 under which 15 is measured too
+DIRECT_BUDGET_S = 120.0  # extrapolated seconds of a row's two steps at batch 15 under which 15 is measured too
 UNREACHABLE_TOL = 1e-30  # the DEQ rows run to their caps
 FIT_TOLERANCE = 0.02  # the largest relative error at batch 15 the fit may show where 15 was measured
 GB = 1e9
@@ -72,6 +73,17 @@ def to_the_cap(cfg: LMConfig) -> LMConfig:
         return cfg
     return replace(cfg, solver=replace(cfg.solver, tol=UNREACHABLE_TOL, backward_tol=UNREACHABLE_TOL,
                                        eval_tol=UNREACHABLE_TOL))
+
+
+def free_memory(device: str) -> int:
+    """Bytes free now: the GPU's, or the machine's MemAvailable (/proc/meminfo; 16 GB where unreadable)."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    try:
+        return next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 16 * GB
 
 
 def fit_line(points: dict[int, float]) -> tuple[float, float]:
@@ -98,8 +110,7 @@ class PaperMemoryRow:
     fit_a_bytes: float  # peak = a + b * batch
     fit_b_bytes: float
     fit_memory_bytes: float  # the line at the protocol's batch
-    est_s: float  # estimated seconds of two steps at the protocol's batch
-    est_peak_bytes: float  # ... and peak
+    est_s: float  # seconds of two steps at the protocol's batch, extrapolated from the largest fit batch
     param_state_bytes: int  # weights, gradients and Adam moments, embedding excluded
     activation_bytes: float  # saved for backward (fitted, or measured at batch)
     solver_code: str  # 'v1', 'v2' or '' (explicit)
@@ -128,17 +139,17 @@ class PaperMemoryRow:
     command: str = "python -m deq.bench.paper_memory"
 
 
-def measure_paper_row(name: str, cfg: LMConfig, scale: Scale, fit_batches: tuple[int, ...], direct_budget_s: float,
+def measure_paper_row(name: str, cfg: LMConfig, scale: MemoryScale, fit_batches: tuple[int, ...], direct_budget_s: float,
                       device: str) -> PaperMemoryRow:
     """One row: measured at ``fit_batches`` (and at ``scale.batch`` where it fits), fitted, extrapolated."""
     cfg, seq_len, target_batch = to_the_cap(cfg), scale.seq_len, scale.batch
-    est_s, est_peak = estimate(cfg, scale, 2, device)
     points = {b: measure_row(cfg, replace(scale, batch=b), 2, device, cheap_warmup=True) for b in fit_batches}
     a, b = fit_line({batch: step.memory_bytes for batch, step in points.items()})
     act_a, act_b = fit_line({batch: step.activation_bytes for batch, step in points.items()})
     fit, largest = a + b * target_batch, points[max(points)]
+    est_s = (largest.warmup_s + largest.step_s) * target_batch / max(points)
     memory, activations, fit_error, step_s = fit, act_a + act_b * target_batch, None, None
-    if est_s <= direct_budget_s and est_peak <= _memory_budget(device):
+    if est_s <= direct_budget_s and fit <= free_memory(device) / 2:
         step = measure_row(cfg, scale, 2, device, cheap_warmup=True)
         memory, activations, step_s = step.memory_bytes, step.activation_bytes, step.step_s
         fit_error = fit / memory - 1
@@ -146,7 +157,7 @@ def measure_paper_row(name: str, cfg: LMConfig, scale: Scale, fit_batches: tuple
     paper_gb = CONFIGS[cfg.name].paper_memory_gb if name in CONFIGS else None
     return PaperMemoryRow(
         name, cfg.name, cfg.paper_table, cfg.driver, cfg.family, cfg.n_layer, seq_len, target_batch,
-        " ".join(map(str, fit_batches)), a, b, fit, est_s, est_peak, largest.param_state_bytes, activations,
+        " ".join(map(str, fit_batches)), a, b, fit, est_s, largest.param_state_bytes, activations,
         cfg.solver.code if cfg.solver else "", cfg.solver.subseq_len if cfg.solver else None, largest.fwd_iters,
         largest.bwd_iters, fwd, bwd, largest.method, largest.step_s, memory, fit_error is None, fit_error, step_s,
         memory - largest.param_state_bytes - max(fwd, bwd), paper_gb, VARIANTS[name][2] if name in VARIANTS else "",
@@ -168,7 +179,7 @@ def run_paper_memory(out_csv: str | Path | None = None, *, preset: str = "paper"
     unknown = sorted(set(names) - set(CONFIGS)) + sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown row(s) {unknown}; choose from {[*CONFIGS, *VARIANTS]}")
-    scale = Scale(preset, True, seq_len, target_batch)
+    scale = MemoryScale(preset, True, seq_len, target_batch)
     jobs = [(name, config_at(name, scale)) for name in names]
     for variant in variants:
         base, change, _ = VARIANTS[variant]

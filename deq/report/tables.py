@@ -14,8 +14,8 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
   ``value``: measured; ``paper_value``; ``test_tokens``: tokens (or positions) it was measured on;
   ``steps``: optimiser steps trained;
 - ``peak_memory_mb``: peak training memory in MB (10^6 bytes), embeddings excluded, at the paper's
-  protocol (sequence 150, batch 15) where the memory benchmark ran the row, or at the largest scale
-  that fitted (``memory_scale``); ``memory_method`` names how it was measured (``cuda-max-allocated``:
+  protocol (sequence 150, batch 15) at the ``paper`` preset, at the preset's scale otherwise
+  (``memory_scale``); ``memory_method`` names how it was measured (``cuda-max-allocated``:
   torch's allocator peak; ``cpu-allocator-peak``: the same from the profiler's record of the CPU
   allocator; both less the embedding state, see :mod:`deq.bench.memory`); Table 1 has no paper protocol, so it gives the training run's saved
   activations (``memory_method`` says so);
