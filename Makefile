@@ -107,10 +107,11 @@ clean:
 readme: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.report.readme
 
-# Tables 2-3's memory columns at the paper's exact widths on this machine (about an hour on 2 cores);
-# commit results/reference/cpu/memory_paper.csv and README.md afterwards.
+# Tables 2-3's memory columns at the paper's exact widths on this machine (the memory benchmark at the paper
+# preset; the CSV's wall_s says how long it took); commit results/reference/cpu/memory_paper.csv and README.md.
 paper-memory: $(VENV)/.installed
-	$(VENV)/bin/python -m deq.bench.paper_memory --out results/reference/cpu/memory_paper.csv --readme
+	$(VENV)/bin/python -m deq.report.readme measure memory --preset paper
+	$(VENV)/bin/python -m deq.report.readme
 
 # Table 4's transformer pair at the paper's exact widths on this machine's CPU (minutes at batch 2);
 # commit results/reference/cpu/runtime_paper.csv (and .md) afterwards: Table 4 reads it where present.

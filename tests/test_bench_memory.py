@@ -19,7 +19,7 @@ from deq.presets import MemoryScale
 from deq.rows.build import build_cell
 from deq.rows.configs import CONFIGS, get_config
 
-PROTOCOL_COLUMNS = ("name", "driver", "scale", "scale_reason", "method", "activation_bytes", "driver_activation_bytes",
+PROTOCOL_COLUMNS = ("name", "driver", "scale", "extrapolated", "method", "activation_bytes", "driver_activation_bytes",
                     "fwd_buffer_bytes", "bwd_buffer_bytes", "param_state_bytes", "total_bytes", "memory_bytes",
                     "rss_peak_bytes", "nvml", "nvml_reason", "paper_memory_gb", "deq", "reduction", "accounted_reduction",
                     "driver_reduction", "paper_reduction")
@@ -84,9 +84,9 @@ def test_full_history_broyden_buffers_grow_with_the_cap_and_bounded_ones_do_not(
 
 
 def test_protocol_table_has_one_row_per_paper_row_with_the_documented_columns(protocol_rows):
-    # The table is the Tables 2-3 memory column: every registered row, in order, nothing else.
+    # The table is the Tables 2-3 memory column: every registered row, in order, then the variants.
     rows, out = protocol_rows
-    assert [r["name"] for r in rows] == list(CONFIGS)
+    assert [r["name"] for r in rows] == [*CONFIGS, *memory.VARIANTS]
     for row in rows:
         missing = [c for c in PROTOCOL_COLUMNS if c not in row]
         assert not missing, (row["name"], missing)
@@ -101,7 +101,7 @@ def test_protocol_numbers_are_non_negative_and_the_method_is_named(protocol_rows
         for column in BYTE_COLUMNS:
             assert row[column] is not None and row[column] >= 0, (row["name"], column, row[column])
         assert row["method"] in ("cpu-allocator-peak", "cuda-max-allocated")
-        assert row["scale"] and row["scale_reason"]
+        assert row["scale"] == "smoke widths, paper depth, 24 x 3" and not row["extrapolated"]
 
 
 def test_every_deq_uses_less_memory_than_each_explicit_counterpart_but_not_nothing(protocol_rows):
@@ -119,7 +119,7 @@ def test_every_deq_uses_less_memory_than_each_explicit_counterpart_but_not_nothi
             assert 0 < row[column] < 1, (row["name"], column, row[column])
     for row in rows:
         if row["driver"] == "deq":
-            assert row["reduction"] is None and row["counterparts"]
+            assert row["reduction"] is None and bool(row["counterparts"]) == (row["name"] in memory.PAIRS)
             assert row["fwd_iters"] >= 1 and row["bwd_iters"] >= 1
 
 
@@ -132,30 +132,8 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
     assert all(r["nvml"] is False and r["nvml_reason"] for r in rows)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # importing it now raises ImportError
     scale = MemoryScale("smoke", False, 8, 2)
-    row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", scale), scale, steps=1, device="cpu")
+    row = memory.measure_row(memory.config_at("ptb-deq-trellisnet", scale), scale, "cpu", steps=1)
     assert row.nvml is False and math.isfinite(row.memory_bytes)
-
-
-def test_a_group_out_of_gpu_memory_runs_together_at_the_largest_halved_batch_that_fits(monkeypatch):
-    # Where one row of a pair does not fit, the DEQ and its counterparts all step down, so that the
-    # reduction stays like for like; at batch 1 the error is the user's to see.
-    seen = []
-
-    def fake_measure_row(cfg, scale, steps, device):
-        seen.append((cfg.name, scale.batch))
-        if cfg.name == "c" or cfg.name == "b" and scale.batch > 3:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return scale.batch
-
-    monkeypatch.setattr(memory, "measure_row", fake_measure_row)
-    monkeypatch.setattr(memory, "config_at", lambda name, scale: type("Row", (), {"name": name})())
-    ran, reason, steps = memory.measure_group(("a", "b"), MemoryScale("paper", True, 150, 15), 2, "cuda")
-    assert ran.batch == 3 and steps == {"a": 3, "b": 3}
-    assert reason == "paper widths, 150 x 7: out of GPU memory"
-    assert seen == [("a", 15), ("b", 15), ("a", 7), ("b", 7), ("a", 3), ("b", 3)]
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        memory.measure_group(("c",), MemoryScale("paper", True, 150, 2), 2, "cuda")
-    assert seen[-2:] == [("c", 2), ("c", 1)]
 
 
 def test_solver_buffer_account_names_an_unknown_solver():

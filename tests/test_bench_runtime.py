@@ -172,7 +172,7 @@ def test_gpu_script_shrunk_runs_every_part_and_writes_its_files(tmp_path):
     assert device["torch"] == torch.__version__ and device["shrink"] is True and device["date"]
     status = pd.read_csv(out / "status.csv")
     assert list(status["part"]) == list(PARTS) and set(status["status"]) == {"done"}
-    for name in ("memory.csv", "memory_paper.csv", "runtime.csv", "runtime.md", "throughput.csv"):
+    for name in ("memory.csv", "memory.md", "runtime.csv", "runtime.md", "throughput.csv"):
         assert (out / name).stat().st_size > 0, name
     assert set(pd.read_csv(out / "runtime.csv")["pair"]) == set(PAIRS)
     throughput = pd.read_csv(out / "throughput.csv")

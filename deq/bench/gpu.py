@@ -2,17 +2,16 @@
 
 On one GPU, in this order, each part skipped (and said so) when the time left cannot fit it:
 
-(a) ``memory``: the memory column of Tables 2-3 at the paper's protocol (sequence 150, batch 15,
-    word embeddings excluded) for every paper-scale row that fits in GPU memory
-    (:mod:`deq.bench.memory`). ``paper_memory``: the same rows by :mod:`deq.bench.paper_memory`
-    (``memory_paper.csv``, the method of the CPU reference in ``results/reference/cpu/``, so the two
-    compare row by row).
+(a) ``memory``: the memory column of Tables 2-3 at the paper's protocol (sequence 150, batch 15, word
+    embeddings excluded, the paper's widths) for every row, with the line through batches 2 and 4 and its
+    error at 15 beside each (:mod:`deq.bench.memory` at the paper preset: the method of the CPU reference
+    ``results/reference/cpu/memory_paper.csv``, so the two compare row by row).
 (b) ``runtime``: Table 4's DEQ / explicit ratios at paper scale (:mod:`deq.bench.runtime`).
 (c) ``throughput``: tokens per second of the DEQ-Transformer medium rows, training and inference,
     at the official script's batch (56 segments of 150 tokens, memory 150).
 
 Files under DIR, each written atomically as soon as its part (or row) finishes, so a run cut short
-keeps what finished: ``device.json`` (first), ``memory.csv`` + ``memory.md``, ``memory_paper.csv``,
+keeps what finished: ``device.json`` (first), ``memory.csv`` + ``memory.md``,
 ``runtime.csv`` + ``runtime.md``, ``throughput.csv``, and ``status.csv`` (one row per part: done /
 skipped / failed, seconds, why).
 
@@ -86,25 +85,11 @@ def device_info(shrink: bool, budget_s: float) -> dict:
 # ---- the parts --------------------------------------------------------------------------------------
 
 def memory_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Tables 2-3 memory at the preset's scale (:mod:`deq.bench.memory`; paper: the protocol, 150 x 15)."""
+    """Tables 2-3 memory at the preset's scale (:mod:`deq.bench.memory`; paper: the protocol and its line)."""
     from deq.bench.memory import run_memory_benchmark
 
     run_memory_benchmark(preset, out / "memory.csv", out / "memory.md")
     return [out / "memory.csv", out / "memory.md"]
-
-
-def paper_memory_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Tables 2-3 at the paper's exact widths (:mod:`deq.bench.paper_memory`), beside the CPU's reference
-    CSV: on a GPU every row fits batch 15, so each is measured there and its batch fit checked."""
-    from deq.bench.paper_memory import run_paper_memory
-
-    path = out / "memory_paper.csv"
-    if preset == "smoke":
-        run_paper_memory(path, preset="smoke", seq_len=scales(preset).gpu.seq_len, target_batch=4,
-                         fit_batches=(2, 3), names=("ptb-deq-trellisnet", "ptb-trellisnet-60-aux"), variants=())
-    else:
-        run_paper_memory(path)
-    return [path]
 
 
 def runtime_part(preset: str, out: Path, deadline: float) -> list[Path]:
@@ -189,7 +174,7 @@ def throughput_part(preset: str, out: Path, deadline: float) -> list[Path]:
 # ---- the run ----------------------------------------------------------------------------------------
 
 PARTS: dict[str, Callable[[str, Path, float], list[Path]]] = {  # (preset, folder, deadline) -> files
-    "memory": memory_part, "paper_memory": paper_memory_part, "runtime": runtime_part,
+    "memory": memory_part, "runtime": runtime_part,
     "throughput": throughput_part}
 
 

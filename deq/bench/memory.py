@@ -1,12 +1,24 @@
-"""Training-memory benchmark: the paper's protocol for every row of Tables 2-3.
+"""Training memory of every row of Tables 2-3, the paper's protocol: ``python -m deq.bench memory``.
 
-``run_memory_benchmark(preset)``: every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each
-explicit counterpart) trains ``steps`` steps (forward + backward + Adam; the first ones warm up and
-create the segment memory) on random tokens at the preset's scale (:class:`deq.presets.MemoryScale`:
-``paper``, the paper's protocol of sequence 150, batch 15 at the paper's widths; ``cpu``, the study's
-widths at the paper's depths, 150 x 4; ``smoke``, plumbing only), and the last step is measured with
-word embeddings excluded, as the paper's tables (PAPER.md, "Memory columns"). The paper's widths on a
-CPU are :mod:`deq.bench.paper_memory`. The columns are :class:`MemoryRow`'s and :class:`StepMemory`'s:
+Every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each explicit counterpart) and of
+:data:`VARIANTS` trains two steps (forward + backward + Adam; the first, a warm-up, makes the segment
+memory and Adam's state; a DEQ's runs its cell as a one-layer stack, the pretraining switch, which makes
+the same tensors in far less time) on random tokens, and the second is measured with the word embedding
+excluded, as the paper's tables (PAPER.md, "Memory columns"). DEQ solves run to their caps (their
+tolerances out of reach): the official Broyden preallocates its whole history, so the cap is the real
+case. The scale is the preset's (:class:`deq.presets.MemoryScale`): ``smoke`` checks the plumbing,
+``cpu`` runs the study's widths at the paper's depths, ``paper`` the paper's widths; all at sequence 150,
+batch 15 (smoke: smaller).
+
+Where the scale names ``fit_batches`` (``paper``), every row is measured at those batches too and each
+measured number is fitted with a line in the batch (a: the parameter state; b: activations, solver
+buffers and temporaries per sample). A row whose two steps at batch 15, on that line, would take more
+than :data:`DIRECT_BUDGET_S` or half the free memory (or that runs out of GPU memory) is reported from
+the line (``extrapolated``); the others are measured at 15 with the line's error there beside them
+(``fit_error``, the method's check, printed). So ``--preset paper`` gives the paper's widths on a CPU
+(``results/reference/cpu/memory_paper.csv``, ``make paper-memory``) and on a GPU alike.
+
+The columns are :class:`MemoryRow`'s and :class:`StepMemory`'s:
 
 - ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`:
   ``torch.cuda.max_memory_allocated`` on CUDA, ``method`` 'cuda-max-allocated'; on CPU the largest
@@ -22,13 +34,9 @@ CPU are :mod:`deq.bench.paper_memory`. The columns are :class:`MemoryRow`'s and 
   the parts and misses the temporaries.
 
 Tokens are drawn from a Zipf (1/rank) law, the shape of a frequency-sorted vocabulary: uniform ids
-would put most targets in the adaptive softmax's tail clusters and inflate its activations. A DEQ
-row is measured as a DEQ (after pretraining). A DEQ and its explicit counterparts always run at one
-scale (where one runs out of GPU memory, all run at the largest halved batch that fits; ``scale_reason``
-says so), so each explicit row's ``reduction`` (1 - DEQ / this row) is like for like. Activation
-checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps: every layer's
-input z and one layer recomputed in the backward (``activation_method`` says so).
-
+would put most targets in the adaptive softmax's tail clusters and inflate its activations.
+Activation checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps:
+every layer's input z and one layer recomputed in the backward (``activation_method`` says so).
 Memory against effective depth (DEQ vs weight-tied stack) is :mod:`deq.bench.depth`.
 
 >>> solver_buffer_bytes("broyden", max_iter=30, options={"m": 8}, batch=2, d=100)  # U, V + best iterate
@@ -39,21 +47,22 @@ from __future__ import annotations
 
 import gc
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deq.bench.common import clock, columns, measure_step, scales, write_rows, zipf_tokens
 from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
+from deq.presets import MemoryScale
 from deq.report.benchmarks import render_memory
 from deq.rows.build import build_model
-from deq.presets import MemoryScale
 from deq.rows.configs import CONFIGS, LMConfig, get_config
 from deq.settings import SolverSettings
 from deq.solvers import SOLVERS
 
-__all__ = ["PAIRS", "MemoryRow", "StepMemory", "run_memory_benchmark", "solver_buffer_bytes"]
+__all__ = ["PAIRS", "VARIANTS", "MemoryRow", "StepMemory", "fit_line", "run_memory_benchmark", "solver_buffer_bytes"]
 
 PROTOCOL_SEQ, PROTOCOL_BATCH = 150, 15  # the paper's memory protocol
 # DEQ row -> its explicit counterparts in the paper's tables.
@@ -64,6 +73,18 @@ PAIRS = {
     "wt103-deq-transformer-medium-adaptive": ("wt103-transformer-xl-medium-18-adaptive",),
     "wt103-deq-transformer-small": ("wt103-transformer-xl-small-4", "wt103-transformer-xl-small-tied-16"),
 }
+# Settings that decide what the paper's figures count: name -> (the row it varies, SolverSettings changes, what
+# it settles). V1 solves in subsequences of 50 (TrellisNet) or 75 (transformer); over the whole 150-token
+# segment, 45 Broyden pairs over the PTB DEQ-TrellisNet's 2 x 1400 x 150 x 15 float32 numbers are 2.3 GB.
+VARIANTS = {
+    "ptb-deq-trellisnet@whole-segment": ("ptb-deq-trellisnet", dict(subseq_len=0),
+                                         "v1 settings solved over the whole 150-token segment, no subsequences"),
+    "wt103-deq-transformer-medium@whole-segment": ("wt103-deq-transformer-medium", dict(subseq_len=0),
+                                                   "v1 settings solved over the whole 150-token segment"),
+}
+UNREACHABLE_TOL = 1e-30  # DEQ solves run to their caps
+DIRECT_BUDGET_S = 120.0  # seconds of a row's two steps at the target batch (on the fit) under which it is measured
+FIT_TOLERANCE = 0.02  # the largest error of the fit at the target batch the check accepts
 
 
 # ---- what the solvers hold ------------------------------------------------------------------------
@@ -120,14 +141,18 @@ class _SplitCounter(SavedActivations):
         return out
 
 
-# ---- the scale --------------------------------------------------------------------------------------
+# ---- the rows -----------------------------------------------------------------------------------------
 
 def config_at(name: str, scale: MemoryScale) -> LMConfig:
-    """Row ``name`` at ``scale``: the preset's config, with the paper's depth if the scale keeps it."""
-    cfg = get_config(name, scale.preset)
+    """Row (or variant) ``name`` at ``scale``: the preset's config, with the paper's depth if the scale keeps
+    it, a DEQ's solves running to their caps."""
+    base, change, _ = VARIANTS.get(name, (name, {}, ""))
+    cfg = get_config(base, scale.preset)
     if scale.paper_depth and scale.preset != "paper":
-        paper = get_config(name)
+        paper = get_config(base)
         cfg = replace(cfg, n_layer=paper.n_layer, aux_every=paper.aux_every)
+    if cfg.driver == "deq":
+        cfg = replace(cfg, solver=replace(cfg.solver, tol=UNREACHABLE_TOL, backward_tol=UNREACHABLE_TOL, **change))
     return cfg
 
 
@@ -182,12 +207,8 @@ def _state_bytes(params, optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-def measure_row(cfg: LMConfig, scale: MemoryScale, steps: int, device: str, cheap_warmup: bool = False) -> StepMemory:
-    """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring).
-
-    ``cheap_warmup``: a DEQ row's warm-up steps run its cell as a one-layer stack (the pretraining
-    switch): they make the same segment memory and optimiser state at a fraction of a solve's time.
-    """
+def measure_row(cfg: LMConfig, scale: MemoryScale, device: str, steps: int = 2) -> StepMemory:
+    """Train ``steps`` steps of row ``cfg`` at ``scale``; measure the last one (see the module docstring)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -206,13 +227,13 @@ def measure_row(cfg: LMConfig, scale: MemoryScale, steps: int, device: str, chea
 
     start = clock(device)
     for step in range(steps - 1):  # warm-up: the segment memory and Adam's state
-        if cheap_warmup and cfg.driver == "deq":
+        if cfg.driver == "deq":
             model.set_pretraining(1)
         memory = forward_backward(step).memory
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     warmup_s = clock(device) - start
-    if cheap_warmup and cfg.driver == "deq":
+    if cfg.driver == "deq":
         model.set_pretraining(None)
     counter = _SplitCounter(exclude=embedding)
     hooks = [model.driver.register_forward_pre_hook(lambda *_: setattr(counter, "inside", True)),
@@ -257,26 +278,66 @@ def measure_row(cfg: LMConfig, scale: MemoryScale, steps: int, device: str, chea
     return row
 
 
-# ---- protocol benchmark: every row ------------------------------------------------------------------
+# ---- the fit ------------------------------------------------------------------------------------------
+
+def fit_line(points: dict[int, float]) -> tuple[float, float]:
+    """Least-squares (a, b) of value = a + b * batch over ``points`` {batch: value} (two or more)."""
+    if len(points) < 2:
+        raise ValueError(f"a line needs two or more batches, got {sorted(points)}")
+    b, a = np.polyfit(list(points), list(points.values()), 1)
+    return float(a), float(b)
+
+
+def extrapolate(points: dict[int, StepMemory], batch: int) -> StepMemory:
+    """The step at ``batch`` on the lines through ``points`` {batch: step}: every byte count and time fitted
+    (:func:`fit_line`); iterations, methods and flags from the largest batch measured."""
+    largest = points[max(points)]
+    fitted = {}
+    for field in fields(StepMemory):
+        values = {b: getattr(step, field.name) for b, step in points.items()}
+        if field.name.endswith(("_bytes", "_s")) and None not in values.values():
+            a, b = fit_line(values)
+            fitted[field.name] = a + b * batch if field.name.endswith("_s") else round(a + b * batch)
+    return replace(largest, **fitted)
+
+
+def free_memory(device: str) -> int:
+    """Bytes free now: the GPU's, or the machine's MemAvailable (/proc/meminfo; 16 GB where unreadable)."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    try:
+        return next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 16 * 10**9
+
+
+# ---- every row -------------------------------------------------------------------------------------------
 
 @dataclass
 class MemoryRow:
-    """One row of Tables 2-3 at the protocol: a row of ``memory.csv``."""
+    """One row of Tables 2-3 (or a variant): a row of ``memory.csv``."""
 
-    name: str  # registry name
+    name: str  # registry name, or a variant of VARIANTS
     paper_table: int
     driver: str  # 'deq', 'weight_tied' or 'untied'
-    scale: str  # the scale that ran (MemoryScale.label)
-    scale_reason: str  # why that one: the preset's, or smaller where the preset's ran out of GPU memory
+    scale: str  # MemoryScale.label
     model_preset: str
     n_layer: int
     seq_len: int
     batch: int
-    steps: int
     device: str
     n_params_nonembedding: int
-    step: StepMemory  # what was measured (its fields are columns)
-    paper_memory_gb: float  # the paper's memory column
+    solver_code: str  # 'v1', 'v2' or '' (explicit)
+    subseq_len: int | None
+    variant_of: str  # what a variant settles ('' for a paper row)
+    step: StepMemory  # at ``batch``, measured or on the fit (its fields are columns)
+    extrapolated: bool  # the step is the fit's, not measured at ``batch``
+    fit_batches: str  # the batches measured for the fit, space-separated ('' without one)
+    fit_a_bytes: float | None  # memory_bytes = a + b * batch
+    fit_b_bytes: float | None
+    fit_error: float | None  # fit / measured - 1 at ``batch``, where both exist
+    paper_memory_gb: float | None  # the paper's memory column
     counterparts: str  # a DEQ's explicit counterparts, ' / '-separated
     deq: str = ""  # an explicit row's DEQ
     reduction: float | None = None  # 1 - DEQ / this row, memory_bytes
@@ -285,55 +346,63 @@ class MemoryRow:
     paper_reduction: float | None = None  # ... the paper's
 
 
-def measure_group(names: tuple[str, ...], scale: MemoryScale, steps: int, device: str
-                  ) -> tuple[MemoryScale, str, dict[str, StepMemory]]:
-    """(scale, why, {name: step}) of a DEQ and its counterparts at ``scale``, or, where one of them runs out
-    of GPU memory, all of them at the largest halved batch that fits: like for like."""
-    reason = "the preset's scale"
-    while True:
+def measure(name: str, scale: MemoryScale, device: str) -> MemoryRow:
+    """Row ``name`` at ``scale``: measured at its batch, and where the scale names fit batches, fitted too."""
+    cfg = config_at(name, scale)
+    step, extrapolated, fit, error = None, False, (None, None), None
+    if scale.fit_batches:
+        points = {b: measure_row(cfg, replace(scale, batch=b), device) for b in scale.fit_batches}
+        fitted = extrapolate(points, scale.batch)
+        fit = fit_line({b: p.memory_bytes for b, p in points.items()})
+        extrapolated = (fitted.step_s + fitted.warmup_s > DIRECT_BUDGET_S
+                        or fitted.memory_bytes > free_memory(device) / 2)
+    if not extrapolated:
         try:
-            return scale, reason, {name: measure_row(config_at(name, scale), scale, steps, device) for name in names}
+            step = measure_row(cfg, scale, device)
         except torch.cuda.OutOfMemoryError:
-            if scale.batch == 1:
-                raise
+            gc.collect()
             torch.cuda.empty_cache()
-            reason = f"{scale.label}: out of GPU memory"
-            scale = replace(scale, batch=scale.batch // 2)
+            extrapolated = bool(scale.fit_batches)
+            if not extrapolated:
+                raise
+    if scale.fit_batches and step is not None:
+        error = fitted.memory_bytes / step.memory_bytes - 1
+        verdict = "ok" if abs(error) <= FIT_TOLERANCE else f"ABOVE {FIT_TOLERANCE:.0%}"
+        print(f"fit check {name}: {fitted.memory_bytes / 1e9:.3f} GB on the line, {step.memory_bytes / 1e9:.3f} GB "
+              f"measured at batch {scale.batch}: {100 * error:+.2f}% ({verdict})", flush=True)
+    paper = CONFIGS.get(name)
+    return MemoryRow(
+        name, cfg.paper_table, cfg.driver, scale.label, scale.preset, cfg.n_layer, scale.seq_len, scale.batch,
+        device_name(), nonembedding_params(cfg), cfg.solver.code if cfg.solver else "",
+        cfg.solver.subseq_len if cfg.solver else None, VARIANTS[name][2] if name in VARIANTS else "",
+        fitted if step is None else step, extrapolated, " ".join(map(str, scale.fit_batches)), *fit, error,
+        paper and paper.paper_memory_gb, " / ".join(PAIRS.get(name, ())))
 
 
 def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None, md_path: str | Path | None = None,
-                         *, steps: int = 2) -> list[MemoryRow]:
-    """One row per CONFIGS row (in its order) at the preset's scale (:class:`deq.presets.MemoryScale`).
-
-    Prints the Markdown; writes CSV / Markdown when paths are given.
-    """
-    scale = scales(preset).memory
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps=}")
-    groups = [(deq_name, *counterparts) for deq_name, counterparts in PAIRS.items()]
-    grouped = {n for group in groups for n in group}
+                         *, names: tuple[str, ...] | None = None, scale: MemoryScale | None = None) -> list[MemoryRow]:
+    """Every row of CONFIGS and VARIANTS (or ``names``), in that order, at the preset's scale (or ``scale``,
+    for tests). Prints the Markdown; writes CSV / Markdown when paths are given."""
+    scale = scale or scales(preset).memory
+    grouped = {n for deq_name, counterparts in PAIRS.items() for n in (deq_name, *counterparts)}
     if grouped != set(CONFIGS):
         raise ValueError(f"PAIRS must cover CONFIGS exactly; differs by {sorted(grouped ^ set(CONFIGS))}")
+    names = (*CONFIGS, *VARIANTS) if names is None else names
+    unknown = sorted(set(names) - set(CONFIGS) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown row(s) {unknown}; choose from {[*CONFIGS, *VARIANTS]}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    measured: dict[str, MemoryRow] = {}
-    for group in groups:
-        ran, reason, steps_of = measure_group(group, scale, steps, device)
-        for name in group:
-            cfg = config_at(name, ran)
-            measured[name] = MemoryRow(
-                name, cfg.paper_table, cfg.driver, ran.label, reason, ran.preset, cfg.n_layer, ran.seq_len,
-                ran.batch, steps, device_name(), nonembedding_params(cfg), steps_of[name], cfg.paper_memory_gb,
-                " / ".join(PAIRS.get(name, ())))
+    measured = {name: measure(name, scale, device) for name in names}
     for deq_name, counterparts in PAIRS.items():
-        ours = measured[deq_name]
         for name in counterparts:
-            theirs = measured[name]
-            theirs.deq = deq_name
-            theirs.reduction = 1 - ours.step.memory_bytes / theirs.step.memory_bytes
-            theirs.accounted_reduction = 1 - ours.step.total_bytes / theirs.step.total_bytes
-            theirs.driver_reduction = 1 - ours.step.driver_bytes / theirs.step.driver_bytes
-            theirs.paper_reduction = 1 - ours.paper_memory_gb / theirs.paper_memory_gb
-    rows = [measured[name] for name in CONFIGS]
+            if deq_name in measured and name in measured:
+                ours, theirs = measured[deq_name], measured[name]
+                theirs.deq = deq_name
+                theirs.reduction = 1 - ours.step.memory_bytes / theirs.step.memory_bytes
+                theirs.accounted_reduction = 1 - ours.step.total_bytes / theirs.step.total_bytes
+                theirs.driver_reduction = 1 - ours.step.driver_bytes / theirs.step.driver_bytes
+                theirs.paper_reduction = 1 - ours.paper_memory_gb / theirs.paper_memory_gb
+    rows = list(measured.values())
     markdown = render_memory([columns(r) for r in rows], preset, (PROTOCOL_SEQ, PROTOCOL_BATCH), torch.__version__)
     print(markdown, flush=True)
     write_rows(rows, csv_path, md_path, markdown)

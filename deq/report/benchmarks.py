@@ -124,8 +124,8 @@ def render_memory(records: list[dict], preset: str, protocol: tuple[int, int], t
     first = records[0]
     lines = [f"# Training memory at the paper's protocol ({preset} preset)", "",
              f"Protocol: sequence {protocol[0]}, batch {protocol[1]}, word embeddings excluded; each row runs "
-             f"at the scale named (widths, depth, sequence x batch). On {first['device']} "
-             f"(torch {torch_version}); the last of {first['steps']} training steps (Adam) is measured, on "
+             f"at the scale named (widths, depth, sequence x batch), DEQ solves to their caps. On {first['device']} "
+             f"(torch {torch_version}); the second of two training steps (Adam) is measured, on "
              "Zipf-distributed random tokens. MB = 10^6 bytes. `memory` is the allocator's peak over forward + "
              "backward with the word embedding frozen (activations, solver buffers, gradients, temporaries) + "
              "the other weights and their Adam moments, the optimiser's update left out; measured "
@@ -145,9 +145,11 @@ def render_memory(records: list[dict], preset: str, protocol: tuple[int, int], t
             f"{mb(r['fwd_buffer_bytes'])} / {mb(r['bwd_buffer_bytes'])} | {mb(r['memory_bytes'])} | "
             f"{mb(r['total_bytes'])} | {mb(r['rss_peak_bytes'])} | {mb(r['nvml_process_peak_bytes'])} | {iters} | "
             f"{r['step_s']:.1f} | {r['paper_memory_gb']} |")
-    lines += ["", "Why each scale: " + "; ".join(f"{r['name']}: {r['scale_reason']}" for r in records
-                                                 if r["driver"] == "deq"), "",
-              "| DEQ | vs explicit | memory reduction | accounted | driver-only, accounted | paper's reduction |",
+    fitted = [r["name"] for r in records if r["extrapolated"]]
+    if fitted:
+        lines += ["", f"On the line through batches {first['fit_batches']} (not measured at the batch named): "
+                  + ", ".join(fitted) + "."]
+    lines += ["", "| DEQ | vs explicit | memory reduction | accounted | driver-only, accounted | paper's reduction |",
               "|---|---|---|---|---|---|"]
     for r in records:
         if isinstance(r["deq"], str) and r["deq"]:

@@ -135,7 +135,7 @@ def plot_sweep(sweep_csv: PathLike, png: PathLike, pdf: PathLike) -> None:
 def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike,
                      paper_memory_csv: PathLike | None = None) -> None:
     """Memory columns of Tables 2-3: the paper's, ours at the paper's widths (``paper_memory_csv``, the
-    committed :mod:`deq.bench.paper_memory` CSV, where given) and ours at the study's scale, each as %
+    committed :mod:`deq.bench.memory` CSV at the paper preset, where given) and ours at the study's scale, each as %
     of its table's largest explicit model."""
     frame = _read_csv(memory_csv, ("name", "driver", "scale", "method"),
                       ("paper_table", "memory_bytes", "paper_memory_gb"))

@@ -7,10 +7,11 @@ explains method and quotes no measurement.
 
 - ``python -m deq.report.readme`` rewrites every block of README.md from the CSVs (``make readme``);
 - ``python -m deq.report.readme --check`` changes nothing and exits 1 naming the stale blocks;
-- ``python -m deq.report.readme measure NAME [--checkout DIR]`` runs ``python -m deq.bench NAME
-  --preset cpu`` in a checkout (this repository by default; a clean ``git worktree`` gives a clean
-  revision) and writes ``results/reference/cpu/NAME.csv``: the benchmark's CSV with its provenance
-  on every row (:data:`PROVENANCE`). ``memory_paper.csv`` comes from ``make paper-memory``.
+- ``python -m deq.report.readme measure NAME [--preset P] [--checkout DIR]`` runs ``python -m deq.bench NAME
+  --preset P`` (default cpu) in a checkout (this repository by default; a clean ``git worktree`` gives a
+  clean revision) and writes ``results/reference/cpu/NAME.csv`` (``NAME_P.csv`` for another preset, e.g.
+  ``memory_paper.csv``, ``make paper-memory``): the benchmark's CSV with its provenance on every row
+  (:data:`PROVENANCE`).
 - ``python -m deq.report.readme time`` clones this repository's HEAD into a fresh folder, runs the
   README's two commands there as a newcomer would (:data:`QUICKSTART`), and writes their wall times
   to ``results/reference/cpu/quickstart.csv``; the Quickstart's timings are rendered from it.
@@ -73,7 +74,8 @@ def with_provenance(frame: pd.DataFrame, fields: dict[str, object]) -> pd.DataFr
 
 
 def measure(name: str, checkout: Path = REPO, out_dir: Path | None = None, preset: str = "cpu") -> Path:
-    """Run benchmark ``name`` in ``checkout`` with this interpreter, write ``out_dir/name.csv`` with provenance."""
+    """Run benchmark ``name`` in ``checkout`` with this interpreter, write ``out_dir/name.csv`` (``name_preset.csv``
+    for a preset other than cpu) with provenance."""
     command = bench_command(name, preset)
     out_dir = REPO / REFERENCE if out_dir is None else out_dir
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +83,7 @@ def measure(name: str, checkout: Path = REPO, out_dir: Path | None = None, prese
         subprocess.run([sys.executable, *command[1:], "--out", tmp], cwd=checkout, check=True)
         wall_s = time.monotonic() - start
         frame = pd.read_csv(Path(tmp) / f"{name}.csv")
-    target = out_dir / f"{name}.csv"
+    target = out_dir / (f"{name}.csv" if preset == "cpu" else f"{name}_{preset}.csv")
     atomic_write_text(target, with_provenance(frame, provenance(checkout, command, wall_s)).to_csv(index=False))
     return target
 
@@ -136,7 +138,8 @@ def render_quickstart(frame: pd.DataFrame) -> str:
 
 GB = 1e9
 REMAKE = {name: f"python -m deq.report.readme measure {name}" for name in BENCHMARKS} | {
-    "memory_paper": "make paper-memory", "quickstart": "python -m deq.report.readme time"}
+    "memory_paper": "python -m deq.report.readme measure memory --preset paper",
+    "quickstart": "python -m deq.report.readme time"}
 
 
 def read_reference(name: str, needs: tuple[str, ...], root: Path) -> pd.DataFrame:
@@ -389,8 +392,8 @@ def render_runtime(frame: pd.DataFrame) -> str:
 
 # ---- memory at the paper's widths (make paper-memory) --------------------------------------------
 
-PAPER_MEMORY_COLUMNS = ("name", "deq", "memory_gb", "paper_memory_gb", "reduction", "paper_reduction", "extrapolated",
-                        "fit_error", "fit_batches", "batch", "param_state_bytes", "fwd_buffer_bytes",
+PAPER_MEMORY_COLUMNS = ("name", "deq", "memory_bytes", "paper_memory_gb", "reduction", "paper_reduction",
+                        "extrapolated", "fit_error", "fit_batches", "batch", "param_state_bytes", "fwd_buffer_bytes",
                         "bwd_buffer_bytes", "variant_of", "device", "date", "revision", "torch", "method")
 
 
@@ -409,6 +412,7 @@ def _history_gb(row) -> float:
 
 
 def render_paper_memory(frame: pd.DataFrame) -> str:
+    frame = frame.assign(memory_gb=frame.memory_bytes / GB)
     rows = frame.set_index("name")
     first = frame.iloc[0]
     lines = ["| DEQ | vs | DEQ GB, ours (paper) | explicit GB, ours (paper) | reduction, ours (paper) |",
@@ -439,6 +443,7 @@ def render_paper_memory(frame: pd.DataFrame) -> str:
 
 
 def render_paper_memory_findings(frame: pd.DataFrame) -> str:
+    frame = frame.assign(memory_gb=frame.memory_bytes / GB)
     rows, pairs, first = frame.set_index("name"), _pairs(frame), frame.iloc[0]
     errors = frame.fit_error[~frame.extrapolated.astype(bool)].astype(float)
     side = ("always above it, so the extrapolated rows are if anything slightly high" if (errors > 0).all() else
@@ -520,8 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming the stale blocks")
     parser.add_argument("--readme", type=Path, default=REPO / "README.md", help="default: %(default)s")
     sub = parser.add_subparsers(dest="action")
-    run = sub.add_parser("measure", help="run a benchmark at the cpu preset and write its reference CSV")
+    run = sub.add_parser("measure", help="run a benchmark and write its reference CSV")
     run.add_argument("name", choices=BENCHMARKS)
+    run.add_argument("--preset", choices=("cpu", "paper"), default="cpu", help="default: %(default)s")
     run.add_argument("--checkout", type=Path, default=REPO, help="where to run it (default: this repository)")
     run.add_argument("--out", type=Path, default=None, help=f"folder for NAME.csv (default: {REFERENCE})")
     clock = sub.add_parser("time", help="time the README's two commands in a fresh clone of HEAD")
@@ -531,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         print(time_quickstart(args.parent.resolve()))
         return 0
     if args.action == "measure":
-        print(measure(args.name, args.checkout.resolve(), args.out))
+        print(measure(args.name, args.checkout.resolve(), args.out, args.preset))
         return 0
     text, blocks = args.readme.read_text(), render_blocks()
     if args.check:

@@ -25,7 +25,7 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
   paper's, the default; ``v2``: the later release; config key ``official_code``, docs/fidelity.md);
 - ``paper_width_memory_gb``: peak training memory of the row at the paper's exact widths and depth,
   sequence 150, batch 15, embeddings excluded, from the committed measurement
-  ``results/reference/cpu/memory_paper.csv`` (:mod:`deq.bench.paper_memory`; empty where it is absent);
+  ``results/reference/cpu/memory_paper.csv`` (:mod:`deq.bench.memory` at the paper preset; empty where it is absent);
   ``paper_width_memory_how``: measured at batch 15 or extrapolated from smaller batches, where and how;
   ``paper_width_memory_reduction``: for an explicit row, 1 - DEQ / this row at those widths (beside
   ``paper_memory_reduction``);

@@ -28,8 +28,8 @@ rule benchmark:
         "../scripts/benchmark.py"
 
 
-# The memory columns of Tables 2-3 at the paper's exact widths (deq/bench/paper_memory.py): about an hour
-# on 2 CPU cores, so not part of `all`; its CSV is committed, and the tables read it where it exists.
+# The memory columns of Tables 2-3 at the paper's exact widths (the memory benchmark at the paper preset; the
+# CSV's wall_s says how long it took on a CPU): not part of `all`; its CSV is committed, and the tables read it.
 # `snakemake --cores 2 results/reference/cpu/memory_paper.csv` (or `make paper-memory`).
 rule paper_memory:
     output:
@@ -42,4 +42,4 @@ rule paper_memory:
     conda:
         "../envs/deq.yaml"
     shell:
-        "python -m deq.bench.paper_memory --out {output} > {log} 2>&1"
+        "python -m deq.report.readme measure memory --preset paper > {log} 2>&1"
