@@ -168,10 +168,8 @@ class GpuScale:
     """``python -m deq.bench.gpu``: paper scale on a GPU, or smoke scale on the CPU with ``--shrink``."""
 
     device: str  # 'cuda', or 'cpu' for the shrunk check
-    dataset: str  # vocabulary of the throughput rows
-    tp_batch: int  # throughput: segments per step (official script: 56)
-    tp_tgt_len: int  # throughput: tokens per segment (official script: 150)
-    tp_steps: int  # throughput: timed steps per phase after one warm-up step
+    tp_batch: int  # throughput: segments per step (official script: 56), at the runtime benchmark's segment length
+    tp_rounds: int  # throughput: timed rounds after the warm-up round
     needs_s: dict  # part -> seconds it needs at least; a part with less time left is skipped
 
 
@@ -192,7 +190,7 @@ SMOKE_BENCH = Benchmarks(
     SolverScale(**SMOKE_CELL, rounds=1, max_iter=12, backward_max_iter=12, fixed_nfe=8),
     MemoryScale("smoke", True, 24, 3),
     DepthScale("smoke", 16, 2), RuntimeScale(8, 2, 3, 2, "ptb", paper_depth=False),
-    GpuScale("cpu", "wikitext-2", 2, 8, 2, {"memory": 2, "runtime": 3, "throughput": 1}))
+    GpuScale("cpu", 2, 2, {"memory": 2, "runtime": 3, "throughput": 1}))
 # Memory at cpu: the protocol at the study's widths and the paper's depths (the depth ratio drives the reduction).
 # At paper: the paper's widths, with batches 2 and 4 for the line where batch 15 does not fit (a CPU).
 CPU_BENCH = Benchmarks(SolverScale(**CPU_CELL, rounds=5), MemoryScale("cpu", True, 150, 15), DepthScale("cpu", 150, 15),
@@ -200,7 +198,7 @@ CPU_BENCH = Benchmarks(SolverScale(**CPU_CELL, rounds=5), MemoryScale("cpu", Tru
 PAPER_BENCH = Benchmarks(
     SolverScale(**CPU_CELL, rounds=10), MemoryScale("paper", True, 150, 15, (2, 4)), DepthScale("paper", 150, 15),
     RuntimeScale(150, 15, 6, 3, "wikitext-103", paper_depth=True),
-    GpuScale("cuda", "wikitext-103", 56, 150, 5, {"memory": 150, "runtime": 120, "throughput": 45}))
+    GpuScale("cuda", 56, 5, {"memory": 150, "runtime": 120, "throughput": 45}))
 
 
 # ---- the presets -----------------------------------------------------------------------------------

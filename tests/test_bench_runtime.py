@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from deq.bench.common import columns
-from deq.bench.gpu import DEVICE_FIELDS, PARTS, ThroughputRow
-from deq.bench.runtime import ENTRIES, PAIRS, PHASES, preset_config, ratios, run_runtime_benchmark
+from deq.bench.common import columns, scales
+from deq.bench.gpu import DEVICE_FIELDS, PARTS
+from deq.bench.runtime import ENTRIES, PAIRS, PHASES, RuntimeRow, preset_config, ratios, run_runtime_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 # Installed here but absent from the GPU machine's minimal environment (torch, numpy, pandas,
@@ -176,7 +176,8 @@ def test_gpu_script_shrunk_runs_every_part_and_writes_its_files(tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert set(pd.read_csv(out / "runtime.csv")["pair"]) == set(PAIRS)
     throughput = pd.read_csv(out / "throughput.csv")
-    assert list(throughput.columns) == [f.name for f in fields(ThroughputRow)]
+    assert list(throughput.columns) == [f.name for f in fields(RuntimeRow)]
+    assert set(throughput["pair"]) == {"transformer"} and (throughput["batch"] == scales("smoke").gpu.tp_batch).all()
     assert (throughput["tokens_per_s"] > 0).all()
 
 

@@ -7,12 +7,12 @@ On one GPU, in this order, each part skipped (and said so) when the time left ca
     error at 15 beside each (:mod:`deq.bench.memory` at the paper preset: the method of the CPU reference
     ``results/reference/cpu/memory_paper.csv``, so the two compare row by row).
 (b) ``runtime``: Table 4's DEQ / explicit ratios at paper scale (:mod:`deq.bench.runtime`).
-(c) ``throughput``: tokens per second of the DEQ-Transformer medium rows, training and inference,
-    at the official script's batch (56 segments of 150 tokens, memory 150).
+(c) ``throughput``: tokens per second of (b)'s transformer pair (the adaptive DEQ-Transformer medium and the
+    18-layer Transformer-XL), training and inference, at the official script's batch (56 segments of 150).
 
 Files under DIR, each written atomically as soon as its part (or row) finishes, so a run cut short
 keeps what finished: ``device.json`` (first), ``memory.csv`` + ``memory.md``,
-``runtime.csv`` + ``runtime.md``, ``throughput.csv``, and ``status.csv`` (one row per part: done /
+``runtime.csv`` + ``runtime.md``, ``throughput.csv`` + ``throughput.md``, and ``status.csv`` (one row per part: done /
 skipped / failed, seconds, why).
 
 ``--shrink`` runs every part at smoke scale on the CPU: the check that the script works, in seconds.
@@ -26,21 +26,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from deq.bench.common import interleaved, quartiles, scales, write_rows
+from deq.bench.common import scales, write_rows
 from deq.io import atomic_write_text
 
-# Tokens per second (c): the non-adaptive and the adaptive (released) DEQ-Transformer medium rows.
-THROUGHPUT_ROWS = ("wt103-deq-transformer-medium", "wt103-deq-transformer-medium-adaptive")
 DEVICE_FIELDS = ("gpu", "gpu_count", "gpu_memory_bytes", "driver_version", "cuda_driver_version", "cuda_runtime",
                  "cudnn", "torch", "python", "tf32_matmul", "tf32_cudnn", "cpu", "hostname", "date",
                  "git_revision", "git_dirty", "shrink", "budget_s")
@@ -100,75 +97,14 @@ def runtime_part(preset: str, out: Path, deadline: float) -> list[Path]:
     return [out / "runtime.csv", out / "runtime.md"]
 
 
-@dataclass
-class ThroughputRow:
-    """One model and phase: a row of ``throughput.csv``; a row not measured has its status only."""
-
-    model: str
-    phase: str  # 'train' or 'infer'
-    status: str  # 'ok', or why not measured
-    batch: int
-    tgt_len: int
-    mem_len: int
-    steps: int | None = None  # timed steps
-    step_ms: float | None = None  # median
-    step_ms_q1: float | None = None
-    step_ms_q3: float | None = None
-    tokens_per_s: float | None = None
-    fwd_nfe: float | None = None  # median over the steps
-    bwd_n_iter: float | None = None  # median over the steps (train)
-    device: str | None = None
-
-
 def throughput_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Training and inference tokens/s of THROUGHPUT_ROWS: steps interleaved train / infer after a warm-up."""
-    from deq.bench.runtime import PAIRS, infer_step, train_step, zipf_batch
-    from deq.rows.build import build_model
-    from deq.rows.configs import get_config, on_dataset
+    """Tokens per second of Table 4's transformer pair at the official script's batch (:mod:`deq.bench.runtime`)."""
+    from deq.bench.runtime import run_runtime_benchmark
 
-    scale, rows = scales(preset).gpu, []
-    for name in THROUGHPUT_ROWS:
-        cfg = on_dataset(get_config(name, preset), scale.dataset)
-        cfg = replace(cfg, mem_len=min(cfg.mem_len, scale.tp_tgt_len))
-        size = (scale.tp_batch, scale.tp_tgt_len, cfg.mem_len)
-        if time.monotonic() > deadline:
-            rows += [ThroughputRow(name, phase, "skipped: time budget spent", *size) for phase in ("train", "infer")]
-            continue
-        try:
-            torch.manual_seed(0)
-            with torch.device(scale.device):
-                model = build_model(cfg)
-            optimizer = torch.optim.Adam(model.parameters(), lr=0.0)  # weights fixed: every step times the same model
-            batch = tuple(t.to(scale.device) for t in zipf_batch(cfg.n_token, scale.tp_batch, scale.tp_tgt_len,
-                                                                 torch.Generator().manual_seed(0)))
-            memory = {"train": None, "infer": None}
-
-            def step(phase: str):
-                if phase == "train":
-                    _, output = train_step(model, optimizer, batch, memory[phase], 0.0, PAIRS["transformer"].clip,
-                                           scale.device)
-                else:
-                    _, output = infer_step(model, batch, memory[phase], scale.device)
-                memory[phase] = output.memory
-                return output.info
-
-            runs = interleaved({phase: lambda phase=phase: step(phase) for phase in ("train", "infer")},
-                               scale.tp_steps, scale.device, deadline)
-            for phase, kept in runs.items():
-                q1, median, q3 = (1e3 * wall for wall in quartiles([wall for wall, _ in kept]))
-                backward = [info.backward.n_iter for _, info in kept if info.backward is not None]
-                rows.append(ThroughputRow(
-                    name, phase, "ok", *size, len(kept), median, q1, q3,
-                    scale.tp_batch * scale.tp_tgt_len / (median / 1e3),
-                    statistics.median(info.forward.nfe for _, info in kept),
-                    statistics.median(backward) if backward else None,
-                    torch.cuda.get_device_name() if scale.device == "cuda" else "cpu"))
-        except torch.cuda.OutOfMemoryError as error:
-            rows += [ThroughputRow(name, phase, f"out of GPU memory: {str(error).splitlines()[0]}", *size)
-                     for phase in ("train", "infer")]
-        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
-        write_rows(rows, out / "throughput.csv")
-    return [out / "throughput.csv"]
+    scale = scales(preset).gpu
+    run_runtime_benchmark(preset, out / "throughput.csv", out / "throughput.md", pairs=["transformer"],
+                          rounds=scale.tp_rounds, device=scale.device, deadline=deadline, batch=scale.tp_batch)
+    return [out / "throughput.csv", out / "throughput.md"]
 
 
 # ---- the run ----------------------------------------------------------------------------------------
