@@ -2,21 +2,27 @@
 
 Also what the workflow's evaluate stage asks of a trained run (:func:`load_run`): the residual of the
 DEQ's solver and of the weight-tied stack against function evaluations (:func:`convergence_curve`,
-the paper's Figure 2) and validation perplexity as the forward tolerance or cap varies
-(:func:`solver_sweep`, Figure 3).
+the paper's Figure 2), validation perplexity as the forward tolerance or cap varies
+(:func:`solver_sweep`, Figure 3), and Table 4 on the trained pair at matched perplexity
+(:func:`run_trained_runtime`, timed by :mod:`deq.bench.runtime`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from deq.settings import SolverSettings
+
+if TYPE_CHECKING:
+    from deq.bench.runtime import RuntimeRow
 
 
 @torch.no_grad()
@@ -129,3 +135,68 @@ def solver_sweep(model: nn.Module, tokens: np.ndarray, batch_size: int, tgt_len:
                      "mean_nfe": float(np.mean([info.forward.nfe for info in infos])),
                      "tokens": min(len(tokens) - 1, max_tokens or len(tokens))})
     return rows
+
+
+# ---- Table 4 on the trained pair, at matched perplexity ---------------------------------------------
+
+TRAINED_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # forward tolerances tried, tightest first
+PPL_SLACK = 0.01  # the chosen tolerance keeps the validation perplexity within 1% of the best one
+
+
+def choose_tolerance(points: list[dict], slack: float = PPL_SLACK) -> dict:
+    """The loosest tolerance whose perplexity is within ``slack`` of the best of ``points`` (dicts with
+    'tol' and 'valid_ppl', as :func:`solver_sweep` gives).
+
+    >>> choose_tolerance([{"tol": 1e-6, "valid_ppl": 100.0}, {"tol": 1e-2, "valid_ppl": 100.5},
+    ...                   {"tol": 1e-1, "valid_ppl": 103.0}])["tol"]
+    0.01
+    """
+    best = min(point["valid_ppl"] for point in points)
+    return max((point for point in points if point["valid_ppl"] <= best * (1 + slack)), key=lambda p: p["tol"])
+
+
+@dataclass
+class TrainedRuntimeRow:
+    """A row of the trained pair's CSV: the timing, and the tolerance sweep that chose its settings."""
+
+    timing: RuntimeRow  # its fields are columns
+    deq_tol: float  # the DEQ's forward tolerance, training and evaluation
+    deq_valid_ppl: float  # its validation perplexity at deq_tol
+    best_valid_ppl: float  # the best over the sweep
+    tol_sweep: str  # 'tol:perplexity' of every tolerance tried
+    trained_steps: int  # training steps behind the weights
+
+
+def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path: str | Path, *, pair_key: str,
+                        max_tokens: int | None, rounds: int, tols: Iterable[float] = TRAINED_TOLS,
+                        device: str = "cpu") -> list[dict]:
+    """Table 4 on a trained pair: DEQ / explicit step times at the DEQ's loosest forward tolerance that keeps
+    its validation perplexity within 1% of its best (on the first ``max_tokens`` validation tokens), on
+    the runs' own checkpoints, corpus, batch and segment length. Writes :class:`TrainedRuntimeRow` rows;
+    returns the CSV's records."""
+    from deq.bench.common import columns, write_rows
+    from deq.bench.runtime import PAIRS, RuntimeConfig, time_pair
+    from deq.data import batchify, prepare
+    from deq.presets import RuntimeScale
+
+    deq_model, deq_cfg, deq_row, deq_step = load_run(deq_dir)
+    explicit_model, explicit_cfg, explicit_row, explicit_step = load_run(explicit_dir)
+    dataset = deq_cfg.dataset or deq_row.dataset
+    corpus = prepare(dataset, deq_cfg.data_root, deq_cfg.data_mirror)
+    deq_model.to(device), explicit_model.to(device)
+    sweep = solver_sweep(deq_model, corpus.valid, deq_cfg.eval_batch_size, deq_cfg.eval_tgt_len, tols, (),
+                         max_tokens=max_tokens, device=device)
+    chosen = choose_tolerance(sweep)
+    settings = replace(deq_row.solver, tol=chosen["tol"], eval_tol=chosen["tol"])
+    scale = RuntimeScale(deq_cfg.tgt_len, deq_cfg.batch_size, rounds, 3, dataset, paper_depth=False)
+    # two validation batches of the shape the runs trained on, cut as training cuts its streams
+    streams, T = batchify(corpus.valid, scale.batch).to(device), scale.tgt_len
+    batches = [(streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]) for i in range(2)]
+    pair = replace(PAIRS[pair_key], deq=deq_row.name, explicit=explicit_row.name, clip=deq_cfg.clip)
+    rows = time_pair(f"{pair_key} (trained)", pair, RuntimeConfig(deq_cfg.preset, scale, device),
+                     {"deq": deq_model, "explicit": explicit_model}, deq_row, explicit_row, settings, batches)
+    tol_sweep = " ".join(f"{p['tol']:g}:{p['valid_ppl']:.2f}" for p in sweep)
+    rows = [TrainedRuntimeRow(row, chosen["tol"], chosen["valid_ppl"], min(p["valid_ppl"] for p in sweep), tol_sweep,
+                              deq_step if row.entry != "explicit" else explicit_step) for row in rows]
+    write_rows(rows, csv_path)
+    return [columns(row) for row in rows]

@@ -41,7 +41,7 @@ from deq.bench.common import (clock, columns, describe_device, interleaved, quar
 from deq.models.layers import weights_computed_once
 from deq.models.lm import LanguageModel, LMOutput
 from deq.presets import RuntimeScale
-from deq.provenance import revision
+from deq.provenance import REPO
 from deq.report.benchmarks import render_runtime
 from deq.rows.build import build_model
 from deq.rows.configs import LMConfig, get_config, on_dataset
@@ -383,69 +383,6 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
     return rows
 
 
-# ---- the trained pair (the study's Table 4 at matched perplexity) ------------------------------------
-
-TRAINED_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # forward tolerances tried, tightest first
-PPL_SLACK = 0.01  # the chosen tolerance keeps the validation perplexity within 1% of the best one
-
-
-def choose_tolerance(points: list[dict], slack: float = PPL_SLACK) -> dict:
-    """The loosest tolerance whose perplexity is within ``slack`` of the best of ``points`` (dicts with
-    'tol' and 'valid_ppl', as :func:`deq.evaluate.solver_sweep` gives).
-
-    >>> choose_tolerance([{"tol": 1e-6, "valid_ppl": 100.0}, {"tol": 1e-2, "valid_ppl": 100.5},
-    ...                   {"tol": 1e-1, "valid_ppl": 103.0}])["tol"]
-    0.01
-    """
-    best = min(point["valid_ppl"] for point in points)
-    return max((point for point in points if point["valid_ppl"] <= best * (1 + slack)), key=lambda p: p["tol"])
-
-
-@dataclass
-class TrainedRuntimeRow:
-    """A row of the trained pair's CSV: the timing, and the tolerance sweep that chose its settings."""
-
-    timing: RuntimeRow  # its fields are columns
-    deq_tol: float  # the DEQ's forward tolerance, training and evaluation
-    deq_valid_ppl: float  # its validation perplexity at deq_tol
-    best_valid_ppl: float  # the best over the sweep
-    tol_sweep: str  # 'tol:perplexity' of every tolerance tried
-    trained_steps: int  # training steps behind the weights
-
-
-def run_trained_runtime(deq_dir: str | Path, explicit_dir: str | Path, csv_path: str | Path, *, pair_key: str,
-                        max_tokens: int | None, rounds: int, tols: Iterable[float] = TRAINED_TOLS,
-                        device: str = "cpu") -> list[dict]:
-    """Table 4 on a trained pair: DEQ / explicit step times at the DEQ's loosest forward tolerance that keeps
-    its validation perplexity within 1% of its best (on the first ``max_tokens`` validation tokens), on
-    the runs' own checkpoints, corpus, batch and segment length. Writes :class:`TrainedRuntimeRow` rows;
-    returns the CSV's records."""
-    from deq.data import batchify, prepare
-    from deq.evaluate import load_run, solver_sweep
-
-    deq_model, deq_cfg, deq_row, deq_step = load_run(deq_dir)
-    explicit_model, explicit_cfg, explicit_row, explicit_step = load_run(explicit_dir)
-    dataset = deq_cfg.dataset or deq_row.dataset
-    corpus = prepare(dataset, deq_cfg.data_root, deq_cfg.data_mirror)
-    deq_model.to(device), explicit_model.to(device)
-    sweep = solver_sweep(deq_model, corpus.valid, deq_cfg.eval_batch_size, deq_cfg.eval_tgt_len, tols, (),
-                         max_tokens=max_tokens, device=device)
-    chosen = choose_tolerance(sweep)
-    settings = replace(deq_row.solver, tol=chosen["tol"], eval_tol=chosen["tol"])
-    scale = RuntimeScale(deq_cfg.tgt_len, deq_cfg.batch_size, rounds, 3, dataset, paper_depth=False)
-    # two validation batches of the shape the runs trained on, cut as training cuts its streams
-    streams, T = batchify(corpus.valid, scale.batch).to(device), scale.tgt_len
-    batches = [(streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]) for i in range(2)]
-    pair = replace(PAIRS[pair_key], deq=deq_row.name, explicit=explicit_row.name, clip=deq_cfg.clip)
-    rows = time_pair(f"{pair_key} (trained)", pair, RuntimeConfig(deq_cfg.preset, scale, device),
-                     {"deq": deq_model, "explicit": explicit_model}, deq_row, explicit_row, settings, batches)
-    tol_sweep = " ".join(f"{p['tol']:g}:{p['valid_ppl']:.2f}" for p in sweep)
-    rows = [TrainedRuntimeRow(row, chosen["tol"], chosen["valid_ppl"], min(p["valid_ppl"] for p in sweep), tol_sweep,
-                              deq_step if row.entry != "explicit" else explicit_step) for row in rows]
-    write_rows(rows, csv_path)
-    return [columns(row) for row in rows]
-
-
 # ---- Table 4 at the paper's widths on a CPU (committed; `make paper-runtime`) -------------------------
 
 def main(argv: list[str] | None = None) -> None:
@@ -453,11 +390,11 @@ def main(argv: list[str] | None = None) -> None:
     widths on this machine's CPU (random init, its solves to the cap), at a small batch (time grows linearly
     with the batch on a CPU, so the ratio is the batch-15 one), a few interleaved rounds."""
     import argparse
-    import datetime
 
     import pandas as pd
 
     from deq.io import atomic_write_text
+    from deq.report.readme import provenance, with_provenance
 
     parser = argparse.ArgumentParser(prog="python -m deq.bench.runtime", description=main.__doc__.splitlines()[0])
     parser.add_argument("--paper-widths", action="store_true", required=True, help="the paper's exact widths")
@@ -465,13 +402,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2, help="segments of 150 tokens per step (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up (default 2)")
     args = parser.parse_args(argv)
+    start = time.monotonic()
     run_runtime_benchmark("paper", args.out, args.out.with_suffix(".md"), pairs=["transformer"], rounds=args.rounds,
                           device="cpu", batch=args.batch)
-    # when, at which revision, with which torch and by which command the committed CSV was measured
-    command = f"python -m deq.bench.runtime --paper-widths --batch {args.batch} --rounds {args.rounds}"
-    frame = pd.read_csv(args.out).assign(measured_on=datetime.date.today().isoformat(), revision=revision(),
-                                         torch=torch.__version__, command=command)
-    atomic_write_text(args.out, frame.to_csv(index=False))
+    command = ["python", "-m", "deq.bench.runtime", "--paper-widths", "--batch", str(args.batch), "--rounds",
+               str(args.rounds)]
+    fields = provenance(REPO, command, time.monotonic() - start)
+    atomic_write_text(args.out, with_provenance(pd.read_csv(args.out), fields).to_csv(index=False))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
 Table 4 (``table4.csv``): one row per (pair, weights, phase): ``weights`` ('random init', the runtime
 benchmark's pairs at the preset's widths, or 'trained (N steps), DEQ tol t: ...', the study's trained pair
 timed on its own checkpoints and corpus at the DEQ's loosest forward tolerance within 1% of its best
-validation perplexity; :func:`deq.bench.runtime.run_trained_runtime`), ``deq_model``, ``explicit_model``, ``phase``
+validation perplexity; :func:`deq.evaluate.run_trained_runtime`), ``deq_model``, ``explicit_model``, ``phase``
 ('train' or 'infer'), ``ratio`` (DEQ time / explicit time, median of interleaved rounds),
 ``ratio_q1``, ``ratio_q3``, ``matched_ratio`` (the DEQ capped at the explicit depth's number of
 function evaluations), ``paper_ratio``, ``goal`` (the project's target), ``device``, ``preset``,
@@ -85,7 +85,7 @@ def write_table(number: int, runs: dict[str, Path], memory_csv: Path | None, run
     its metric is left empty and the reason is its ``note``). Tables 2-3 also read the memory benchmark's
     CSV and, where given, the paper-width memory measurement (``results/reference/cpu/memory_paper.csv``);
     Table 4 the runtime benchmark's (random init) and, where given, the trained pair's timing
-    (:func:`deq.bench.runtime.run_trained_runtime`) and the committed paper-width CPU measurement
+    (:func:`deq.evaluate.run_trained_runtime`) and the committed paper-width CPU measurement
     (``results/reference/cpu/runtime_paper.csv``, ``make paper-runtime``)."""
     not_trained = not_trained or {}
     if number == 1:

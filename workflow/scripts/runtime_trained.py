@@ -6,8 +6,8 @@ log_to(snakemake.log[0])  # noqa: F821 (snakemake is set by Snakemake)
 
 import torch  # noqa: E402
 
-from deq.bench.runtime import run_trained_runtime  # noqa: E402
 from deq.engine.gpus import claim_gpus  # noqa: E402
+from deq.evaluate import run_trained_runtime  # noqa: E402
 
 p = snakemake.params  # noqa: F821
 torch.set_num_threads(snakemake.threads)  # noqa: F821
