@@ -1,20 +1,19 @@
-"""Solver benchmark: our solvers against torchdeq 0.1.0 on one transformer-style cell.
+"""Solver benchmark: our solvers against torchdeq 0.1.0 on the DEQ-Transformer's cell.
 
-Four phases, each timed interleaved (every entry once per round, in reversed order every other
-round, ``rounds`` rounds after one warm-up round) in one process, reported as medians with the interquartile range:
+The cell is :class:`deq.models.transformer.TransformerCell` at the preset's widths, without weight norm,
+dropout or segment memory, every weight N(0, 0.05) as at the start of training, with a random
+injection u: f(z) = cell(z, u). Four phases, all entries timed interleaved in one process
+(:func:`deq.bench.common.interleaved`), reported as medians [IQR]:
 
 - ``forward``: solve to ``tol`` (relative residual) within ``max_iter``;
-- ``forward_fixed_nfe``: ``tol`` unreachable, so every entry makes the same number of f calls
-  (``fixed_nfe``); wall per f call and the solver's own overhead per call (wall per call minus one
-  f evaluation) compare the algorithms at equal work;
-- ``solver_only``: as ``forward_fixed_nfe`` but with a cheap elementwise f, so that the wall time
-  is the solver's own work (where the time goes besides f); this f reaches an exact float fixed
-  point, so a solver may stop before ``fixed_nfe``: compare per f call;
-- ``train_step``: forward solve, implicit backward with the same solver (``backward_tol``,
-  ``backward_max_iter``), and the parameter gradients: one training step.
+- ``forward_fixed_nfe``: ``tol`` unreachable, so every entry makes ``fixed_nfe`` f calls: wall per
+  call, and the solver's own overhead per call (minus one f evaluation), compare at equal work;
+- ``solver_only``: the same with a cheap elementwise f, so the wall is the solver's own work (this f
+  reaches an exact float fixed point, so a solver may stop early: compare per call);
+- ``train_step``: forward solve, implicit backward with the same solver, parameter gradients.
 
-f calls are counted by wrapping f, the same way for both libraries. torchdeq is optional (the
-``bench`` extra); without it only our rows are written.
+f calls are counted by wrapping f, alike for both libraries. torchdeq is optional (the ``bench``
+extra); without it only our rows are written.
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ from pathlib import Path
 import torch
 
 import deq
-from deq.bench.cell import TransformerStyleCell
 from deq.bench.common import columns, describe_device, interleaved, quartiles, scales, write_rows
+from deq.models.cell_configs import TransformerCellConfig
+from deq.models.transformer import TransformerCell
 from deq.presets import SolverScale
 from deq.provenance import version
 from deq.report.benchmarks import render_solvers
@@ -134,8 +134,9 @@ class SolverRow:
 def measure(cfg: SolverScale, device: str, preset: str) -> list[SolverRow]:
     """Run every (library, solver, phase) entry and one f evaluation interleaved; one row per entry."""
     torch.manual_seed(0)
-    cell = TransformerStyleCell(cfg.d_model, cfg.n_head, cfg.d_inner).to(device)
-    injection = torch.randn(cfg.batch, cfg.seq_len, 3 * cfg.d_model, device=device)
+    cell = TransformerCell(TransformerCellConfig(cfg.d_model, cfg.n_head, cfg.d_model // cfg.n_head, cfg.d_inner,
+                                                 dropout=0.0, weight_norm=False, init_std=0.05)).to(device)
+    injection = cell.inject(torch.randn(cfg.batch, cfg.seq_len, cfg.d_model, device=device), None).detach()
     readout = torch.randn(cfg.batch, cfg.seq_len, cfg.d_model, device=device)
     z0 = torch.zeros(cfg.batch, cfg.seq_len, cfg.d_model, device=device)
 
@@ -143,7 +144,7 @@ def measure(cfg: SolverScale, device: str, preset: str) -> list[SolverRow]:
         return (z * readout).mean()
 
     def f(z):
-        return cell(z, injection)
+        return cell(z, injection, None)
 
     def f_cheap(z):  # elementwise and contractive: the solver's own work dominates the wall time
         return torch.tanh(0.5 * z + injection[..., : cfg.d_model])

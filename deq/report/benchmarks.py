@@ -100,7 +100,7 @@ def render_solvers(records: list[dict], scale: SolverScale, preset: str, version
     """``solvers.md``; ``versions``: e.g. 'torch 2.5.1, torchdeq 0.1.0'."""
     cfg = scale
     header = (f"# Solver benchmark ({preset} preset)\n\n"
-              f"Transformer-style cell, width {cfg.d_model}, {cfg.n_head} heads, FF {cfg.d_inner}; "
+              f"DEQ-Transformer cell, width {cfg.d_model}, {cfg.n_head} heads, FF {cfg.d_inner}; "
               f"sequence {cfg.seq_len}, batch {cfg.batch}, on {records[0]['device']}; {versions}.\n"
               f"Forward: rel tol {cfg.tol:g}, cap {cfg.max_iter}; backward: rel tol {cfg.backward_tol:g}, "
               f"cap {cfg.backward_max_iter}; fixed-nfe phase: {cfg.fixed_nfe} f calls. "
