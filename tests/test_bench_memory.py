@@ -16,6 +16,7 @@ from deq.bench.common import columns, scales
 from deq.report.benchmarks import best_possible_reduction, explicit_line
 from deq.engine.memory import AllocatorPeak
 from deq.presets import MemoryScale
+from deq.solvers import solver_buffer_bytes
 from deq.rows.build import build_cell
 from deq.rows.configs import CONFIGS, get_config
 
@@ -138,7 +139,7 @@ def test_no_nvml_error_escapes_on_cpu(protocol_rows, monkeypatch):
 
 def test_solver_buffer_account_names_an_unknown_solver():
     with pytest.raises(ValueError, match="unknown solver 'andersen'"):
-        memory.solver_buffer_bytes("andersen", 30, {}, 3, 10)
+        solver_buffer_bytes("andersen", 30, {}, 3, 10)
 
 
 def _solve_peak(solver: str, cap: int, options: dict, z0: torch.Tensor) -> int:
@@ -173,8 +174,8 @@ def test_solver_buffer_account_grows_by_what_a_larger_history_really_allocates(c
     B, d = 4, 20_000
     z0, vector = torch.zeros(B, d), B * d * 4
     grown = _solve_peak(solver, large_cap, large, z0) - _solve_peak(solver, small_cap, small, z0)
-    accounted = (memory.solver_buffer_bytes(solver, large_cap, large, B, d)
-                 - memory.solver_buffer_bytes(solver, small_cap, small, B, d))
+    accounted = (solver_buffer_bytes(solver, large_cap, large, B, d)
+                 - solver_buffer_bytes(solver, small_cap, small, B, d))
     assert abs(grown - accounted) <= vector / 20, (grown / vector, accounted / vector)
 
 
@@ -191,7 +192,7 @@ def test_solver_buffers_are_what_the_solver_really_allocates(solver, options):
     B, d = 4, 20_000
     z0, vector, excess = torch.zeros(B, d), B * d * 4, {}
     for cap in (6, 30):
-        accounted = memory.solver_buffer_bytes(solver, cap, options, B, d)
+        accounted = solver_buffer_bytes(solver, cap, options, B, d)
         excess[cap] = (_solve_peak(solver, cap, options, z0) - accounted) / vector
     assert excess[6] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess
     assert excess[30] == pytest.approx(WORKING_VECTORS[solver], abs=0.1), excess

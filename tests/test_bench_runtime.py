@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from deq.bench.common import columns, scales
-from deq.bench.gpu import DEVICE_FIELDS, PARTS
+from deq.bench.gpu import PARTS
 from deq.bench.runtime import ENTRIES, PAIRS, PHASES, RuntimeRow, preset_config, ratios, run_runtime_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,8 +168,8 @@ def test_gpu_script_shrunk_runs_every_part_and_writes_its_files(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert time.monotonic() - start < 120
     device = json.loads((out / "device.json").read_text())
-    assert tuple(device) == DEVICE_FIELDS
-    assert device["torch"] == torch.__version__ and device["shrink"] is True and device["date"]
+    assert device["versions"]["torch"] == torch.__version__ and device["config"] == {"shrink": True, "budget_s": 120.0}
+    assert device["start_time"] and device["device"]["cpu"] and "git_revision" in device
     status = pd.read_csv(out / "status.csv")
     assert list(status["part"]) == list(PARTS) and set(status["status"]) == {"done"}
     for name in ("memory.csv", "memory.md", "runtime.csv", "runtime.md", "throughput.csv"):

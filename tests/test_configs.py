@@ -211,3 +211,13 @@ def test_v2_variant_changes_only_the_deq_transformers(name):
         assert v2 == row
     with pytest.raises(ValueError, match=r"unknown official code 'v3'; choose from \['v1', 'v2'\]"):
         get_config(name, code="v3")
+
+
+def test_paper_depth_keeps_the_papers_layers_at_a_smaller_presets_widths():
+    # The benchmarks measure the study's widths at the paper's depths (the depth ratio drives memory).
+    name, paper = "wt103-transformer-xl-medium-16", get_config("wt103-transformer-xl-medium-16")
+    for preset in ("smoke", "cpu"):
+        deep, plain = get_config(name, preset, paper_depth=True), get_config(name, preset)
+        assert (deep.n_layer, deep.aux_every) == (paper.n_layer, paper.aux_every)
+        assert deep == replace(plain, n_layer=paper.n_layer, aux_every=paper.aux_every)
+    assert get_config(name, "smoke").n_layer < paper.n_layer

@@ -6,6 +6,7 @@ import pytest
 from deq.bench import memory
 from deq.bench.common import columns
 from deq.presets import MemoryScale
+from deq.rows.build import build_cell
 
 PAIR = ("ptb-deq-trellisnet", "ptb-trellisnet-60-aux")
 SMOKE_FIT = MemoryScale("smoke", True, 16, 6, (2, 4))  # smoke widths, paper depths; 2 and 4 fitted, 6 the target
@@ -60,7 +61,7 @@ def test_a_row_over_the_budget_is_extrapolated_on_every_column(monkeypatch):
     assert row["memory_bytes"] == pytest.approx(row["fit_a_bytes"] + 6 * row["fit_b_bytes"], abs=1)
     # the solver buffers are exactly linear in the batch, so their line lands on the account at 6
     cfg = memory.config_at(PAIR[0], SMOKE_FIT)
-    fwd, bwd = memory.deq_buffer_bytes(cfg.solver, 6, 16, memory.state_width(cfg))
+    fwd, bwd = memory.deq_buffer_bytes(cfg.solver, 6, 16, build_cell(cfg).d_state)
     assert (row["fwd_buffer_bytes"], row["bwd_buffer_bytes"]) == (fwd, bwd)
 
 
@@ -68,7 +69,7 @@ def test_a_row_out_of_gpu_memory_at_the_target_batch_is_extrapolated(monkeypatch
     def fake_measure_row(cfg, scale, device):
         if scale.batch == 6:
             raise memory.torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return memory.StepMemory(4, 4, 0, 0, 10, 10, 0, scale.batch, scale.batch, "", 10, 10, None, False, "", None,
+        return memory.StepMemory(1, 4, 4, 0, 0, 10, 10, 0, scale.batch, scale.batch, "", 10, 10, None, False, "", None,
                                  None, "m", 100 + 10 * scale.batch, 1.0, 1.0)
 
     monkeypatch.setattr(memory, "measure_row", fake_measure_row)

@@ -46,12 +46,6 @@ def clock(device: str) -> float:
     return time.perf_counter()
 
 
-def timed(fn: Callable[[], T], device: str) -> tuple[float, T]:
-    start = clock(device)
-    result = fn()
-    return clock(device) - start, result
-
-
 def interleaved(jobs: dict[K, Callable[[], T]], rounds: int, device: str,
                 deadline: float | None = None) -> dict[K, list[tuple[float, T]]]:
     """(seconds, result) of every job per kept round: each job runs once per round, in reversed order
@@ -62,9 +56,10 @@ def interleaved(jobs: dict[K, Callable[[], T]], rounds: int, device: str,
     order = list(jobs.items())
     for round_ in range(rounds + 1):
         for key, job in order[::-1] if round_ % 2 else order:
-            wall, result = timed(job, device)
+            start = clock(device)
+            result = job()
             if round_:
-                kept[key].append((wall, result))
+                kept[key].append((clock(device) - start, result))
         if round_ and deadline is not None and time.monotonic() > deadline:
             break
     return kept

@@ -1,18 +1,14 @@
 """Training memory against effective depth: a weight-tied explicit stack vs the DEQ of the same cell.
 
-``run_depth_benchmark(preset)``: one cell per family (the small DEQ-Transformer's, DEQ-TrellisNet PTB's)
-as a weight-tied explicit stack of depth 2 ... 64 against the DEQ with the same iteration cap and an
-unreachable tolerance, so that the solve runs to the cap, under each of :data:`DEQ_VARIANTS` (forward
-and backward solvers). One training step (forward + backward; the driver alone: a random input stands
-in for the embeddings, a random readout for the softmax) is measured per point, two ways:
+One cell per family (the small DEQ-Transformer's, DEQ-TrellisNet PTB's) as a weight-tied stack of
+depth 2 ... 64 against the DEQ capped at that depth with an unreachable tolerance (so the solve runs
+to the cap), under each of :data:`DEQ_VARIANTS`. One training step of the driver alone (a random input
+for the embeddings, a random readout for the softmax) is measured per point, two ways:
 
-- measured (``total_bytes``, the number the goals use): the allocator's peak over the step
-  (:func:`deq.bench.common.measure_step`), which holds the saved activations, the solver buffers, the
-  gradients and the backward's temporaries, plus the weights and both Adam moments (alive before
-  the step, so not in the peak);
-- accounted (``accounted_bytes``): the bytes autograd saved + the larger of the forward and backward
-  solver buffers, computed from the solver's code (:func:`~deq.bench.memory.solver_buffer_bytes`) +
-  weights, gradients and Adam moments. It names the parts; it misses the backward's temporaries.
+- ``total_bytes`` (the goals' number): the allocator's peak over the step
+  (:func:`deq.bench.common.measure_step`) plus the weights and both Adam moments held before it;
+- ``accounted_bytes``: saved activations + the larger solver buffer (computed from the solver's code,
+  :func:`deq.solvers.solver_buffer_bytes`) + the parameter state; it misses the temporaries.
 
 The explicit rows are linear in depth, ``I + depth x L`` (least squares); a DEQ that kept one
 layer's worth of everything could do no better than ``1 - (I + L) / (I + depth x L)``, the bound the
@@ -41,11 +37,9 @@ DEPTHS = (2, 4, 8, 16, 32, 64)
 DEPTH_ROWS = {"transformer": "wt103-deq-transformer-small", "trellis": "ptb-deq-trellisnet"}
 
 
-# Each variant overrides the row's SolverSettings (forward solves always run to the cap). 'anderson' (the
-# v2 forward) and 'broyden' (all pairs up to the cap: grows with it) keep the row's backward (the v1
-# Broyden, every pair up to its cap); 'broyden-m8' bounds both histories to 8 pairs; 'anderson-fixed-point' solves
-# the backward by plain fixed-point iteration (one vector of history: the best iterate), as torchdeq does
-# by default.
+# Overrides of the row's SolverSettings. 'anderson' (the v2 forward) and 'broyden' (every pair up to the cap)
+# keep the row's backward (the v1 Broyden, every pair); 'broyden-m8' bounds both histories to 8 pairs;
+# 'anderson-fixed-point' solves the backward by fixed-point iteration (torchdeq's default).
 DEQ_VARIANTS = {
     "anderson": dict(solver="anderson", solver_options={}),
     "broyden": dict(solver="broyden", solver_options={}),

@@ -1,35 +1,26 @@
 """One-shot GPU measurements within a time budget: ``python -m deq.bench.gpu --out DIR``.
 
 On one GPU, in this order, each part skipped (and said so) when the time left cannot fit it:
+(a) ``memory``: Tables 2-3's memory at the paper preset (:mod:`deq.bench.memory`: the protocol, with the
+line through batches 2 and 4 and its error at 15, the method of ``results/reference/cpu/memory_paper.csv``);
+(b) ``runtime``: Table 4's ratios at paper scale (:mod:`deq.bench.runtime`); (c) ``throughput``: (b)'s
+transformer pair at the official script's batch (56 segments of 150), tokens per second.
 
-(a) ``memory``: the memory column of Tables 2-3 at the paper's protocol (sequence 150, batch 15, word
-    embeddings excluded, the paper's widths) for every row, with the line through batches 2 and 4 and its
-    error at 15 beside each (:mod:`deq.bench.memory` at the paper preset: the method of the CPU reference
-    ``results/reference/cpu/memory_paper.csv``, so the two compare row by row).
-(b) ``runtime``: Table 4's DEQ / explicit ratios at paper scale (:mod:`deq.bench.runtime`).
-(c) ``throughput``: tokens per second of (b)'s transformer pair (the adaptive DEQ-Transformer medium and the
-    18-layer Transformer-XL), training and inference, at the official script's batch (56 segments of 150).
-
-Files under DIR, each written atomically as soon as its part (or row) finishes, so a run cut short
-keeps what finished: ``device.json`` (first), ``memory.csv`` + ``memory.md``,
-``runtime.csv`` + ``runtime.md``, ``throughput.csv`` + ``throughput.md``, and ``status.csv`` (one row per part: done /
-skipped / failed, seconds, why).
-
-``--shrink`` runs every part at smoke scale on the CPU: the check that the script works, in seconds.
-Only torch, numpy, pandas, matplotlib, nvidia-ml-py, tqdm and pyyaml are needed (no snakemake).
-The exit status is 0 when every part finished or was skipped for time, 1 when a part failed,
-2 without a GPU and without ``--shrink``.
+Each file under DIR is written atomically as its part finishes, so a run cut short keeps what finished:
+``device.json`` (first), ``memory``, ``runtime`` and ``throughput`` (``.csv`` + ``.md``), and
+``status.csv`` (per part: done / skipped / failed, seconds, why). ``--shrink`` runs every part at smoke
+scale on the CPU, the check that the script works. It needs torch, numpy, pandas, matplotlib,
+nvidia-ml-py, tqdm and pyyaml only. Exit status: 0 when every part finished or was skipped for time,
+1 when one failed, 2 without a GPU and without ``--shrink``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,80 +29,48 @@ import torch
 from deq.bench.common import scales, write_rows
 from deq.io import atomic_write_text
 
-DEVICE_FIELDS = ("gpu", "gpu_count", "gpu_memory_bytes", "driver_version", "cuda_driver_version", "cuda_runtime",
-                 "cudnn", "torch", "python", "tf32_matmul", "tf32_cudnn", "cpu", "hostname", "date",
-                 "git_revision", "git_dirty", "shrink", "budget_s")
-
-
 # ---- device.json ------------------------------------------------------------------------------------
 
 def device_info(shrink: bool, budget_s: float) -> dict:
-    """The GPU, its driver and CUDA versions, torch, date and git revision (keys: DEVICE_FIELDS)."""
-    from deq.provenance import cpu_name
+    """A run's metadata (:func:`deq.engine.records.run_metadata`: versions, CPU, GPU, git revision, start
+    time; ``config`` holds ``shrink`` and ``budget_s``), with the GPU's memory, driver, cuDNN and TF32 flags."""
     from deq.engine.records import run_metadata
 
-    meta = run_metadata({"shrink": shrink, "budget_s": budget_s}, seed=0)
-    cuda = torch.cuda.is_available()
-    driver = cuda_driver = None
-    if cuda:
+    info = run_metadata({"shrink": shrink, "budget_s": budget_s}, seed=0)
+    if torch.cuda.is_available():
+        info["device"] |= {"memory_bytes": torch.cuda.get_device_properties(0).total_memory,
+                           "cudnn": torch.backends.cudnn.version(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                           "tf32_cudnn": torch.backends.cudnn.allow_tf32}
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            version = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040
-            cuda_driver = f"{version // 1000}.{version % 1000 // 10}"
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040
+            info["device"] |= {"driver": pynvml.nvmlSystemGetDriverVersion(),
+                               "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"}
             pynvml.nvmlShutdown()
         except Exception as error:  # NVML missing or refused: keep the rest, say why
-            driver = f"unknown ({type(error).__name__}: {error})"
-    info = {
-        "gpu": torch.cuda.get_device_name() if cuda else None,
-        "gpu_count": torch.cuda.device_count() if cuda else 0,
-        "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory if cuda else None,
-        "driver_version": driver, "cuda_driver_version": cuda_driver, "cuda_runtime": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None, "torch": torch.__version__,
-        "python": meta["versions"]["python"], "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32, "cpu": cpu_name(), "hostname": meta["hostname"],
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_revision": meta["git_revision"], "git_dirty": meta["git_dirty"], "shrink": shrink, "budget_s": budget_s,
-    }
-    assert tuple(info) == DEVICE_FIELDS, "DEVICE_FIELDS must list device_info's keys in order"
+            info["device"]["driver"] = f"unknown ({type(error).__name__}: {error})"
     return info
-
-
-# ---- the parts --------------------------------------------------------------------------------------
-
-def memory_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Tables 2-3 memory at the preset's scale (:mod:`deq.bench.memory`; paper: the protocol and its line)."""
-    from deq.bench.memory import run_memory_benchmark
-
-    run_memory_benchmark(preset, out / "memory.csv", out / "memory.md")
-    return [out / "memory.csv", out / "memory.md"]
-
-
-def runtime_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    from deq.bench.runtime import run_runtime_benchmark
-
-    run_runtime_benchmark(preset, out / "runtime.csv", out / "runtime.md", device=scales(preset).gpu.device,
-                          deadline=deadline)
-    return [out / "runtime.csv", out / "runtime.md"]
-
-
-def throughput_part(preset: str, out: Path, deadline: float) -> list[Path]:
-    """Tokens per second of Table 4's transformer pair at the official script's batch (:mod:`deq.bench.runtime`)."""
-    from deq.bench.runtime import run_runtime_benchmark
-
-    scale = scales(preset).gpu
-    run_runtime_benchmark(preset, out / "throughput.csv", out / "throughput.md", pairs=["transformer"],
-                          rounds=scale.tp_rounds, device=scale.device, deadline=deadline, batch=scale.tp_batch)
-    return [out / "throughput.csv", out / "throughput.md"]
 
 
 # ---- the run ----------------------------------------------------------------------------------------
 
-PARTS: dict[str, Callable[[str, Path, float], list[Path]]] = {  # (preset, folder, deadline) -> files
-    "memory": memory_part, "runtime": runtime_part,
-    "throughput": throughput_part}
+PARTS = ("memory", "runtime", "throughput")
+
+
+def run_part(name: str, preset: str, out: Path, deadline: float) -> list[Path]:
+    """Part ``name`` of :data:`PARTS` at ``preset``; returns the files it wrote (``out/name.csv`` and ``.md``)."""
+    from deq.bench.memory import run_memory_benchmark
+    from deq.bench.runtime import run_runtime_benchmark
+
+    scale, files = scales(preset).gpu, (out / f"{name}.csv", out / f"{name}.md")
+    if name == "memory":
+        run_memory_benchmark(preset, *files)
+    else:  # throughput: the transformer pair at the official script's batch
+        extra = dict(pairs=["transformer"], rounds=scale.tp_rounds, batch=scale.tp_batch) if name == "throughput" else {}
+        run_runtime_benchmark(preset, *files, device=scale.device, deadline=deadline, **extra)
+    return [path for path in files if path.exists()]
 
 
 @dataclass
@@ -151,9 +110,9 @@ def run(out: Path, shrink: bool = False, budget_s: float = 480.0) -> int:
             share = left * need / sum(scale.needs_s[n] for n in names[i:])
             print(f"{name}: running ({left:.0f} s left)", flush=True)
             try:
-                files = PARTS[name](preset, out, t0 + 0.85 * share)
+                files = run_part(name, preset, out, t0 + 0.85 * share)
                 status.append(StatusRow(name, "done", round(time.monotonic() - t0, 1), "",
-                                        " ".join(p.name for p in files if p.exists())))
+                                        " ".join(p.name for p in files)))
             except Exception as error:  # one part failing must not cost the others
                 traceback.print_exc()
                 failed = True

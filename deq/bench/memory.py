@@ -1,52 +1,41 @@
-"""Training memory of every row of Tables 2-3, the paper's protocol: ``python -m deq.bench memory``.
+"""Training memory of every row of Tables 2-3 at the paper's protocol: ``python -m deq.bench memory``.
 
-Every row of :data:`deq.rows.configs.CONFIGS` (each DEQ and each explicit counterpart) and of
-:data:`VARIANTS` trains two steps (forward + backward + Adam; the first, a warm-up, makes the segment
-memory and Adam's state; a DEQ's runs its cell as a one-layer stack, the pretraining switch, which makes
-the same tensors in far less time) on random tokens, and the second is measured with the word embedding
-excluded, as the paper's tables (PAPER.md, "Memory columns"). DEQ solves run to their caps (their
-tolerances out of reach): the official Broyden preallocates its whole history, so the cap is the real
-case. The scale is the preset's (:class:`deq.presets.MemoryScale`): ``smoke`` checks the plumbing,
-``cpu`` runs the study's widths at the paper's depths, ``paper`` the paper's widths; all at sequence 150,
-batch 15 (smoke: smaller).
+Every row of :data:`deq.rows.configs.CONFIGS` and :data:`VARIANTS` trains two steps on Zipf (1/rank)
+random tokens, the shape of a frequency-sorted vocabulary (uniform ids would crowd the adaptive
+softmax's tail clusters); the second is measured with the word embedding excluded (PAPER.md, "Memory
+columns"). The warm-up step makes the segment memory and Adam's state (a DEQ's runs its cell as a
+one-layer stack, which makes the same tensors in far less time). DEQ solves run to their caps: the
+official Broyden preallocates its whole history, so the cap is the real case. The scale is the
+preset's (:class:`deq.presets.MemoryScale`, sequence 150, batch 15): ``cpu`` the study's widths at the
+paper's depths, ``paper`` the paper's widths; ``smoke`` checks the plumbing.
 
-Where the scale names ``fit_batches`` (``paper``), every row is measured at those batches too and each
-measured number is fitted with a line in the batch (a: the parameter state; b: activations, solver
-buffers and temporaries per sample). A row whose two steps at batch 15, on that line, would take more
-than :data:`DIRECT_BUDGET_S` or half the free memory (or that runs out of GPU memory) is reported from
-the line (``extrapolated``); the others are measured at 15 with the line's error there beside them
-(``fit_error``, the method's check, printed). So ``--preset paper`` gives the paper's widths on a CPU
-(``results/reference/cpu/memory_paper.csv``, ``make paper-memory``) and on a GPU alike.
+Where the scale names ``fit_batches`` (``paper``), every row is measured there too and each byte
+column is fitted with a line in the batch (a: the parameter state; b: activations, buffers and
+temporaries per sample). A row whose two steps at batch 15 would take more than :data:`DIRECT_BUDGET_S`
+(the largest fit batch's seconds, scaled) or, on the line, half the free memory (or that runs out of GPU
+memory) is reported from the line (``extrapolated``); the others are measured at 15, the line's error
+there beside them (``fit_error``, printed: the method's check). So ``--preset paper`` works on a CPU
+(``results/reference/cpu/memory_paper.csv``, ``make paper-memory``) and a GPU alike.
 
-The columns are :class:`MemoryRow`'s and :class:`StepMemory`'s:
+Columns (:class:`MemoryRow`, :class:`StepMemory`):
 
-- ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`:
-  ``torch.cuda.max_memory_allocated`` on CUDA, ``method`` 'cuda-max-allocated'; on CPU the largest
-  running total of the allocations the profiler recorded, ``method`` 'cpu-allocator-peak'), plus what
-  was alive before the step apart from the embedding (weights and Adam moments). Excluding the
-  embedding by subtracting its state is not enough: the dense gradient of a 267K-word embedding and
-  its backward's temporaries make most of a small row's peak, so the measured step leaves the
-  embedding (and a softmax weight tied to it) out of the backward. The optimiser's update is left out
-  too: Adam's foreach kernels allocate a temporary copy of every parameter;
-- ``total_bytes``, an account of the bytes that make the peak: saved activations, the solvers'
-  buffers *computed* from the solver's code (:func:`solver_buffer_bytes`; the forward and backward
-  solves do not overlap, so the larger one counts) and the non-embedding parameter state. It names
-  the parts and misses the temporaries.
+- ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`;
+  ``method`` names the counter) plus what was alive before the step apart from the embedding (weights,
+  Adam moments). The embedding is left out of the measured backward (with a softmax weight tied to it):
+  the dense gradient of a 267K-word embedding and its temporaries would be most of a small row's peak,
+  and subtracting its state afterwards does not remove them. The optimiser's update is left out too
+  (Adam's foreach kernels copy every parameter);
+- ``total_bytes``: an account of the parts, saved activations + the larger of the two solvers' buffers
+  computed from their code (:func:`deq.solvers.solver_buffer_bytes`) + the parameter state; it misses the
+  temporaries. Checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps,
+  every layer's input and one layer recomputed (``activation_method``).
 
-Tokens are drawn from a Zipf (1/rank) law, the shape of a frequency-sorted vocabulary: uniform ids
-would put most targets in the adaptive softmax's tail clusters and inflate its activations.
-Activation checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps:
-every layer's input z and one layer recomputed in the backward (``activation_method`` says so).
-Memory against effective depth (DEQ vs weight-tied stack) is :mod:`deq.bench.depth`.
-
->>> solver_buffer_bytes("broyden", max_iter=30, options={"m": 8}, batch=2, d=100)  # U, V + best iterate
-13600
+Memory against effective depth is :mod:`deq.bench.depth`.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -60,9 +49,9 @@ from deq.report.benchmarks import render_memory
 from deq.rows.build import build_model
 from deq.rows.configs import CONFIGS, LMConfig, get_config
 from deq.settings import SolverSettings
-from deq.solvers import SOLVERS
+from deq.solvers import solver_buffer_bytes
 
-__all__ = ["PAIRS", "VARIANTS", "MemoryRow", "StepMemory", "fit_line", "run_memory_benchmark", "solver_buffer_bytes"]
+__all__ = ["PAIRS", "VARIANTS", "MemoryRow", "StepMemory", "deq_buffer_bytes", "fit_line", "run_memory_benchmark"]
 
 PROTOCOL_SEQ, PROTOCOL_BATCH = 150, 15  # the paper's memory protocol
 # DEQ row -> its explicit counterparts in the paper's tables.
@@ -88,32 +77,6 @@ FIT_TOLERANCE = 0.02  # the largest error of the fit at the target batch the che
 
 
 # ---- what the solvers hold ------------------------------------------------------------------------
-
-# solver -> (B, d) vectors of its history with m slots (the solvers that have a buffer account)
-HISTORY = {"anderson": lambda m: 2 * m + 2, "broyden": lambda m: 2 * m, "gmres": lambda m: m + 1, "picard": lambda m: 0}
-
-
-def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d: int, itemsize: int = 4) -> int:
-    """Bytes a solve allocates for its history, computed from the solver's code (deq/solvers/).
-
-    ``d`` is one sample's flattened state, T x d_state. Anderson: dG and dS (B, m, d) each, the probe
-    (B, 2, d) and the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, m = max_iter
-    unless given (and never above it); GMRES: its basis (B, m + 1, d); Picard: nothing. Every solver's
-    trace also keeps its best iterate (B, d). The working vectors (B, d) of the current step are not
-    counted: measured with a cheap f (its output included), Anderson 6, Broyden 14, GMRES 4, Picard 5,
-    whatever the cap (``tests/test_bench_memory.py``).
-    Broyden holds ``max_iter - 1`` slots at most (the official ``threshold``; see :mod:`deq.solvers.broyden`).
-    """
-    if solver not in HISTORY:
-        raise ValueError(f"unknown solver {solver!r} (no buffer account); choose from {sorted(HISTORY)}")
-    m = options.get("m", inspect.signature(SOLVERS[solver]).parameters.get("m", None))
-    m = getattr(m, "default", m)
-    if solver == "broyden":
-        m = max(1, max_iter - 1 if m is None else min(m, max_iter - 1))
-    vectors = HISTORY[solver](m) + 1
-    gram = batch * m * m * 8 if solver == "anderson" else 0
-    return vectors * batch * d * itemsize + gram
-
 
 def deq_buffer_bytes(settings: SolverSettings, batch: int, seq_len: int, d_state: int) -> tuple[int, int]:
     """(forward, backward) solver buffers of a DEQ training step, each with its own solver options; a
@@ -147,25 +110,10 @@ def config_at(name: str, scale: MemoryScale) -> LMConfig:
     """Row (or variant) ``name`` at ``scale``: the preset's config, with the paper's depth if the scale keeps
     it, a DEQ's solves running to their caps."""
     base, change, _ = VARIANTS.get(name, (name, {}, ""))
-    cfg = get_config(base, scale.preset)
-    if scale.paper_depth and scale.preset != "paper":
-        paper = get_config(base)
-        cfg = replace(cfg, n_layer=paper.n_layer, aux_every=paper.aux_every)
+    cfg = get_config(base, scale.preset, paper_depth=scale.paper_depth)
     if cfg.driver == "deq":
         cfg = replace(cfg, solver=replace(cfg.solver, tol=UNREACHABLE_TOL, backward_tol=UNREACHABLE_TOL, **change))
     return cfg
-
-
-def state_width(cfg: LMConfig) -> int:
-    """Channels of the row's state z: d_model for the transformer cell, [h; c] for the TrellisNet's."""
-    return cfg.d_model if cfg.family == "transformer" else 2 * cfg.cell.d_hidden
-
-
-def nonembedding_params(cfg: LMConfig) -> int:
-    """Parameters of a row outside its word embedding (and a softmax tied to it), counted on the meta device."""
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.embedding.parameters())
 
 
 # ---- the measured step of one row -----------------------------------------------------------------
@@ -174,6 +122,7 @@ def nonembedding_params(cfg: LMConfig) -> int:
 class StepMemory:
     """The measured (last) training step of one row; bytes exclude the word embedding unless said."""
 
+    n_params_nonembedding: int  # parameters outside the word embedding (and a softmax weight tied to it)
     fwd_iters: int | None  # the DEQ's forward iterations in the step (None: explicit)
     bwd_iters: int | None  # ... and its backward's
     fwd_buffer_bytes: int  # forward solver's history, computed (deq_buffer_bytes)
@@ -267,8 +216,8 @@ def measure_row(cfg: LMConfig, scale: MemoryScale, device: str, steps: int = 2) 
         fwd_iters, bwd_iters = out.info.forward.n_iter, out.info.backward and out.info.backward.n_iter
         fwd, bwd = deq_buffer_bytes(cfg.solver, scale.batch, scale.seq_len, model.driver.cell.d_state)
     row = StepMemory(
-        fwd_iters, bwd_iters, fwd, bwd, param_state, driver_state, adam_state_bytes(model.embedding.parameters()),
-        activations, driver_activations, activation_method, activations + max(fwd, bwd) + param_state,
+        sum(p.numel() for p in others), fwd_iters, bwd_iters, fwd, bwd, param_state, driver_state,
+        adam_state_bytes(model.embedding.parameters()), activations, driver_activations, activation_method, activations + max(fwd, bwd) + param_state,
         driver_activations + max(fwd, bwd) + driver_state, record["cuda_max_allocated_bytes"], record["nvml"],
         record["nvml_reason"], record["gpu_process_peak_bytes"], record["rss_sampled_peak_bytes"],
         "cuda-max-allocated" if device == "cuda" else "cpu-allocator-peak", held_before + peak, step_s, warmup_s)
@@ -289,16 +238,17 @@ def fit_line(points: dict[int, float]) -> tuple[float, float]:
 
 
 def extrapolate(points: dict[int, StepMemory], batch: int) -> StepMemory:
-    """The step at ``batch`` on the lines through ``points`` {batch: step}: every byte count and time fitted
-    (:func:`fit_line`); iterations, methods and flags from the largest batch measured."""
-    largest = points[max(points)]
-    fitted = {}
+    """The step at ``batch`` on the lines through ``points`` {batch: step}: every byte count fitted
+    (:func:`fit_line`), the seconds of the largest batch measured scaled in proportion (small steps' times
+    are too noisy for a line), the rest (iterations, methods, flags) from the largest batch."""
+    most = max(points)
+    fitted = {"step_s": points[most].step_s * batch / most, "warmup_s": points[most].warmup_s * batch / most}
     for field in fields(StepMemory):
         values = {b: getattr(step, field.name) for b, step in points.items()}
-        if field.name.endswith(("_bytes", "_s")) and None not in values.values():
+        if field.name.endswith("_bytes") and None not in values.values():
             a, b = fit_line(values)
-            fitted[field.name] = a + b * batch if field.name.endswith("_s") else round(a + b * batch)
-    return replace(largest, **fitted)
+            fitted[field.name] = round(a + b * batch)
+    return replace(points[most], **fitted)
 
 
 def free_memory(device: str) -> int:
@@ -327,7 +277,6 @@ class MemoryRow:
     seq_len: int
     batch: int
     device: str
-    n_params_nonembedding: int
     solver_code: str  # 'v1', 'v2' or '' (explicit)
     subseq_len: int | None
     variant_of: str  # what a variant settles ('' for a paper row)
@@ -373,7 +322,7 @@ def measure(name: str, scale: MemoryScale, device: str) -> MemoryRow:
     paper = CONFIGS.get(name)
     return MemoryRow(
         name, cfg.paper_table, cfg.driver, scale.label, scale.preset, cfg.n_layer, scale.seq_len, scale.batch,
-        device_name(), nonembedding_params(cfg), cfg.solver.code if cfg.solver else "",
+        device_name(), cfg.solver.code if cfg.solver else "",
         cfg.solver.subseq_len if cfg.solver else None, VARIANTS[name][2] if name in VARIANTS else "",
         fitted if step is None else step, extrapolated, " ".join(map(str, scale.fit_batches)), *fit, error,
         paper and paper.paper_memory_gb, " / ".join(PAIRS.get(name, ())))

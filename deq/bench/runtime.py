@@ -1,27 +1,18 @@
 """Table 4: time per training and inference step of a DEQ against its explicit counterpart.
 
-Two pairs, as the paper's Table 4 (WikiText-103): ``transformer``, DEQ-Transformer medium, adaptive,
-against the 18-layer Transformer-XL; ``trellis``, DEQ-TrellisNet against the 70-layer TrellisNet with
-its auxiliary loss. Every entry runs on the same random batch (tokens drawn from a Zipf law over the
-frequency-ordered vocabulary, so the adaptive softmax sees a realistic mix of clusters), with its
-segment memory carried from its own previous step:
+The paper's two pairs (WikiText-103): ``transformer``, the adaptive DEQ-Transformer medium against the
+18-layer Transformer-XL; ``trellis``, DEQ-TrellisNet against the 70-layer TrellisNet (auxiliary loss).
+Every entry runs on the same Zipf-drawn batch, its segment memory carried from its own previous step:
+``explicit``; ``deq`` with its row's solver settings (training and evaluation); ``deq_matched``, the
+DEQ with its forward cap at the explicit depth and an unreachable tolerance, so it makes as many f
+calls as the explicit model has layers. Phases: ``train`` (forward, backward, clipping, Adam) and
+``infer`` (eval mode, no graph). All (entry, phase) jobs of a pair are timed interleaved
+(:func:`deq.bench.common.interleaved`); reported: medians [IQR], the median of the within-round ratios
+DEQ / explicit (drift common to a round cancels) and the ratio of the medians.
 
-- ``explicit``: the explicit model (untied Transformer-XL stack, weight-tied TrellisNet);
-- ``deq``: the DEQ with its row's solver settings (training: forward cap and tolerance, implicit
-  backward; inference: the evaluation settings);
-- ``deq_matched``: the same DEQ with its forward cap set to the explicit model's depth and an
-  unreachable tolerance, so it makes exactly as many f calls as the explicit model has layers
-  (its backward keeps the row's settings).
-
-Phases: ``train`` (forward, backward, gradient-norm clipping and an Adam step) and ``infer``
-(eval mode, ``torch.no_grad()``). All (entry, phase) jobs of a pair are timed interleaved
-(:func:`deq.bench.common.interleaved`). Reported: medians with the interquartile range, the median of
-the within-round ratios DEQ / explicit (drift common to a round cancels) and the ratio of the medians.
-
-Where the DEQ's time goes is measured separately on the same model, batch and settings after the
-rounds: the time of one f call, the forward solve alone (so solver overhead = solve wall - f calls x
-f time), and for training the backward solve alone (its vector-Jacobian products timed the same way),
-with the iteration counts taken from the ``EquilibriumInfo`` of the timed steps.
+Where the DEQ's time goes is measured after the rounds on the same model, batch and settings: one f
+call, the forward solve alone (solver overhead = solve wall - f calls x f time) and in training the
+backward solve alone (its vector-Jacobian products timed the same way).
 """
 
 from __future__ import annotations
@@ -84,12 +75,6 @@ def preset_config(preset: str, device: str | None = None) -> RuntimeConfig:
     return RuntimeConfig(preset, scales(preset).runtime, device or ("cuda" if paper_gpu else "cpu"))
 
 
-def zipf_batch(n_token: int, batch: int, tgt_len: int, generator: torch.Generator) -> Batch:
-    """(tokens, targets), each (batch, tgt_len), ids drawn from a Zipf law (:func:`~deq.bench.common.zipf_tokens`)."""
-    ids = zipf_tokens(n_token, (batch, tgt_len + 1), generator)
-    return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
-
-
 # ---- one step ---------------------------------------------------------------------------------------
 
 def matched_settings(settings: SolverSettings, depth: int) -> SolverSettings:
@@ -102,31 +87,24 @@ def matched_settings(settings: SolverSettings, depth: int) -> SolverSettings:
     return replace(settings, tol=UNREACHABLE_TOL, max_iter=depth, eval_tol=UNREACHABLE_TOL, eval_max_iter=depth)
 
 
-def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, batch: Batch, memory, aux_weight: float,
-               clip: float, device: str, **options) -> tuple[dict[str, float], LMOutput]:
-    """One optimiser step; returns ({part: seconds}, LMOutput). ``options`` go to the model for this call
-    (a DEQ's ``settings``)."""
-    tokens, targets = batch
-    model.train()
-    t0 = clock(device)
+def step(model: LanguageModel, optimizer: torch.optim.Optimizer, batch: Batch, memory, phase: str, aux_weight: float,
+         clip: float, device: str, **options) -> tuple[dict[str, float], LMOutput]:
+    """One ``train`` step (forward, backward, clipping, Adam) or ``infer`` forward (eval mode, no graph);
+    returns ({part: seconds}, LMOutput). ``options`` go to the model for this call (a DEQ's ``settings``)."""
+    training = phase == "train"
+    model.train(training)
     optimizer.zero_grad(set_to_none=True)
-    out = model(tokens, targets, memory, **options)
-    loss = out.loss if out.aux_loss is None else out.loss + aux_weight * out.aux_loss
+    t0 = clock(device)
+    with torch.set_grad_enabled(training):
+        out = model(*batch, memory, **options)
     t1 = clock(device)
-    loss.backward()
+    if not training:
+        return {"forward": t1 - t0}, out
+    (out.loss if out.aux_loss is None else out.loss + aux_weight * out.aux_loss).backward()
     t2 = clock(device)
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": clock(device) - t2}, out
-
-
-def infer_step(model: LanguageModel, batch: Batch, memory, device: str, **options) -> tuple[dict[str, float], LMOutput]:
-    """One evaluation forward (no graph); returns ({part: seconds}, LMOutput), ``options`` as train_step's."""
-    model.eval()
-    with torch.no_grad():
-        t0 = clock(device)
-        out = model(*batch, memory, **options)
-        return {"forward": clock(device) - t0}, out
 
 
 # ---- where the time goes ----------------------------------------------------------------------------
@@ -244,18 +222,14 @@ def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) ->
     where the scale says so."""
     pair, rows = PAIRS[key], []
     for name in (pair.deq, pair.explicit):
-        row = on_dataset(get_config(name, cfg.preset), cfg.scale.dataset)
-        if cfg.scale.paper_depth and row.driver != "deq":
-            paper = get_config(name, "paper")
-            row = replace(row, n_layer=paper.n_layer, aux_every=paper.aux_every)
+        row = on_dataset(get_config(name, cfg.preset, paper_depth=cfg.scale.paper_depth), cfg.scale.dataset)
         rows.append(replace(row, mem_len=min(row.mem_len, cfg.scale.tgt_len)))
     deq_row, explicit_row = rows
     torch.manual_seed(0)
     with torch.device(cfg.device):
         models = {"explicit": build_model(explicit_row), "deq": build_model(deq_row)}
-    generator = torch.Generator().manual_seed(0)
-    batches = [tuple(t.to(cfg.device) for t in zipf_batch(deq_row.n_token, cfg.scale.batch, cfg.scale.tgt_len,
-                                                          generator)) for _ in range(2)]
+    ids = zipf_tokens(deq_row.n_token, (2, cfg.scale.batch, cfg.scale.tgt_len + 1), torch.Generator().manual_seed(0))
+    batches = [(b[:, :-1].contiguous().to(cfg.device), b[:, 1:].contiguous().to(cfg.device)) for b in ids]
     return time_pair(key, pair, cfg, models, deq_row, explicit_row, deq_row.solver, batches, deadline)
 
 
@@ -279,9 +253,8 @@ def time_pair(key: str, pair: Pair, cfg: RuntimeConfig, models: dict[str, Langua
         options = {} if entry == "explicit" else {"settings": settings[entry]}  # a DEQ's, for this call only
 
         def run() -> tuple[dict[str, float], object]:  # ({part: seconds}, EquilibriumInfo) of one step
-            parts, out = (train_step(models[name], optimizers[name], next(rounds), memory.get((entry, phase)),
-                                     row.aux_weight, pair.clip, cfg.device, **options) if phase == "train" else
-                          infer_step(models[name], next(rounds), memory.get((entry, phase)), cfg.device, **options))
+            parts, out = step(models[name], optimizers[name], next(rounds), memory.get((entry, phase)), phase,
+                              row.aux_weight, pair.clip, cfg.device, **options)
             memory[entry, phase] = out.memory
             return parts, out.info
         return run

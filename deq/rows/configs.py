@@ -86,19 +86,21 @@ def _cpu(cfg: LMConfig, width: int = CPU_WIDTH) -> LMConfig:
                    derivation=f"[cpu preset at width {width}: {CPU_RULE}] {cfg.derivation}")
 
 
-def get_config(name: str, preset: str = "paper", code: str = "v1", width: int | None = None) -> LMConfig:
+def get_config(name: str, preset: str = "paper", code: str = "v1", width: int | None = None,
+               paper_depth: bool = False) -> LMConfig:
     """The registered row ``name`` at ``preset`` ('paper', 'smoke' or 'cpu'; rules in the module docstring),
     with the solver settings of official code ``code`` ('v1', the paper's, or 'v2'; see
     :func:`deq.rows.paper_configs.with_code`). ``width`` (cpu preset only; default 128) is the width the
-    500-wide rows get: the study's size sweep trains pairs at several widths."""
+    500-wide rows get: the study's size sweep trains pairs at several widths. ``paper_depth`` keeps the
+    paper's depth (``n_layer`` and auxiliary readouts) at a smaller preset's widths, as the benchmarks do
+    where the depth ratio drives what they measure."""
     _choice("config", name, CONFIGS)
     _choice("preset", preset, PRESETS)
     if width is not None and (preset != "cpu" or isinstance(width, bool) or not isinstance(width, int) or width < 8):
         raise ValueError(f"width is a cpu-preset setting, an int >= 8; got width={width!r} at preset {preset!r}")
     row = with_code(CONFIGS[name], code)
-    if preset == "cpu":
-        return _cpu(row, width or CPU_WIDTH)
-    return {"paper": lambda c: c, "smoke": _smoke}[preset](row)
+    scaled = _cpu(row, width or CPU_WIDTH) if preset == "cpu" else {"paper": lambda c: c, "smoke": _smoke}[preset](row)
+    return replace(scaled, n_layer=row.n_layer, aux_every=row.aux_every) if paper_depth else scaled
 
 
 def on_dataset(cfg: LMConfig, dataset: str) -> LMConfig:

@@ -16,6 +16,7 @@ runs the solver without an autograd graph and restores the shape.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolverStats]]] = {
     "picard": picard,
 }
 
-__all__ = ["SOLVERS", "STOP_MODES", "SolverStats", "check_solver_args", "solve"]
+__all__ = ["SOLVERS", "STOP_MODES", "SolverStats", "check_solver_args", "solve", "solver_buffer_bytes"]
 
 
 def solve(
@@ -74,3 +75,31 @@ def solve(
             stop_mode=stop_mode, **solver_options,
         )
     return z_star.view(shape), stats
+
+
+# solver -> (B, d) vectors of its history with m slots
+HISTORY = {"anderson": lambda m: 2 * m + 2, "broyden": lambda m: 2 * m, "gmres": lambda m: m + 1, "picard": lambda m: 0}
+
+
+def solver_buffer_bytes(solver: str, max_iter: int, options: dict, batch: int, d: int, itemsize: int = 4) -> int:
+    """Bytes a solve allocates for its history, computed from the solver's code.
+
+    ``d`` is one sample's flattened state. Anderson: dG and dS (B, m, d) each, the probe (B, 2, d) and
+    the float64 Gram matrix (B, m, m); Broyden: U and V (B, m, d) each, ``max_iter - 1`` slots (the
+    official ``threshold``) unless ``m`` bounds them; GMRES: its basis (B, m + 1, d); Picard: nothing.
+    Every solver's trace also keeps its best iterate (B, d). The working vectors (B, d) of the current
+    step are not counted: measured with a cheap f (its output included), Anderson 6, Broyden 14, GMRES 4,
+    Picard 5, whatever the cap (``tests/test_bench_memory.py`` checks all of it against the allocator).
+
+    >>> solver_buffer_bytes("broyden", max_iter=30, options={"m": 8}, batch=2, d=100)  # U, V + best iterate
+    13600
+    """
+    if solver not in HISTORY:
+        raise ValueError(f"unknown solver {solver!r} (no buffer account); choose from {sorted(HISTORY)}")
+    m = options.get("m", inspect.signature(SOLVERS[solver]).parameters.get("m", None))
+    m = getattr(m, "default", m)
+    if solver == "broyden":
+        m = max(1, max_iter - 1 if m is None else min(m, max_iter - 1))
+    vectors = HISTORY[solver](m) + 1
+    gram = batch * m * m * 8 if solver == "anderson" else 0
+    return vectors * batch * d * itemsize + gram
