@@ -81,7 +81,7 @@ test-slurm: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench solvers --preset $(PRESET)
 
-# One-shot GPU measurement (about 8 minutes on one H100/H200); commit its folder afterwards.
+# One-shot GPU measurement within its time budget (--budget-s, 480 s by default); commit its folder afterwards.
 GPU_OUT ?= results/reference/$(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '-' || echo gpu)
 gpu-bench: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench.gpu --out "$(GPU_OUT)"
@@ -113,7 +113,7 @@ paper-memory: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.report.readme measure memory --preset paper
 	$(VENV)/bin/python -m deq.report.readme
 
-# Table 4's transformer pair at the paper's exact widths on this machine's CPU (minutes at batch 2);
+# Table 4's transformer pair at the paper's exact widths on this machine's CPU (at batch 2; wall_s says how long);
 # commit results/reference/cpu/runtime_paper.csv (and .md) afterwards: Table 4 reads it where present.
 paper-runtime: $(VENV)/.installed
 	$(VENV)/bin/python -m deq.bench.runtime --paper-widths --out results/reference/cpu/runtime_paper.csv

@@ -14,15 +14,11 @@ A run's folder is ``results/runs/<preset>/<name>/`` (what :mod:`deq.train` write
   themselves; the width-64 pair are named ``<row>-w64``. Every other row (Table 1's copy-memory models
   and the TrellisNet and other Transformer rows) is not trained at this preset: the paper trains each
   for GPU-days (:func:`not_trained` says so, with the paper's budget); its parameters and memory are
-  still measured (the tables and the memory benchmark). The budget: 2 cores, one hour for everything.
-  In a fresh clone at 89a8715 on 2 quiet cores the four runs took 346 s (weight-tied, width 64),
-  489 s (DEQ, 64), 666 s (weight-tied, 128) and 973 s (DEQ, 128; its solves at the row's caps of 31
-  forward and 41 backward iterations), two at a time, evaluations included; the four benchmarks 553 s;
-  the whole workflow 2,089 s. In probes (a 64-wide DEQ, a 1,000-step schedule, the same settings
-  otherwise) validation perplexity was 560 after 200 steps, 430 after 350, 330 after 600 and 300
-  after 850, and a tied bigram model (embedding, one hidden layer, softmax) reached 370 after 300,000
-  tokens: no model here reaches a bigram's level (about 250) at this budget, so the cpu study shows
-  its pairs early in training.
+  still measured (the tables and the memory benchmark). The budget: 2 cores, one hour for everything;
+  each rule's wall time is recorded in ``results/benchmarks/cpu/rules/`` (Snakemake's benchmark files).
+  At this budget the pairs are early in training (their validation perplexity still falls at the last
+  evaluation: the runs' ``metrics.jsonl``), so the study compares DEQ and explicit at equal budgets,
+  not at convergence.
 - ``paper``: the paper's rows at their full size with the official scripts' budgets where they exist
   (PAPER.md, "Official scripts"); where none exist the choice is written beside it in :mod:`deq.presets`.
 

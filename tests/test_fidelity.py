@@ -36,3 +36,17 @@ def test_every_test_the_page_names_exists():
         assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), f"{path}::{name}"
     for path in set(re.findall(r"`(tests/test_\w+\.py)`", text)):
         assert (ROOT / path).exists(), path
+
+
+def test_the_v1_cosine_offset_the_page_quotes_is_the_schedules():
+    # The official v1 DEQ-Transformer cosine counts from step 0; ours from the end of warm-up. At the end
+    # of the 16k warm-up steps of 300k the official rate is the page's fraction of ours.
+    import math
+
+    from deq.engine.config import TrainConfig
+    from deq.train import lr_lambda
+
+    config = TrainConfig("wt103-deq-transformer-medium", max_steps=300_000, warmup_steps=16_000, lr=2.5e-4)
+    ours = lr_lambda(config)(16_000)
+    official = 0.5 * (1 + math.cos(math.pi * 16_000 / 300_000))
+    assert f"({official / ours:.3f}x the\n  rate at 16k steps)" in (ROOT / DOC).read_text()
