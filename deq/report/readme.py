@@ -229,9 +229,10 @@ def solver_findings(by: dict, ratios: dict, cheap: dict, backward: dict) -> list
     out[0] += f"; full-memory Broyden costs {fmt(cbb, '.1f')}x our Anderson there."
     if at is not None:
         overhead = by[OURS, "anderson", "forward_fixed_nfe"]["overhead_ms_per_nfe"]
+        own = (f"our Anderson's own work {overhead:.2f} ms per call" if overhead >= 0 else
+               f"our Anderson's own work below the noise of one f call: wall per call minus one f is {overhead:.2f} ms")
         out.append(f"- Our Anderson costs {at:.2f}x torchdeq's on the cell (goal <= {at_goal}x; one f call takes "
-                   f"{by[OURS, 'anderson', 'forward']['f_eval_ms']:.1f} ms, our Anderson's own work {overhead:.2f} ms "
-                   f"per call) and {fmt(cat, '.2f')}x on the cheap f.")
+                   f"{by[OURS, 'anderson', 'forward']['f_eval_ms']:.1f} ms, {own}) and {fmt(cat, '.2f')}x on the cheap f.")
     reached = {(s, name): r["bwd_converged_fraction"] >= 1 for (s, name), r in backward.items()}
     ours = [name.capitalize() for (s, name), ok in reached.items() if s == OURS and ok]
     missed = [name.capitalize() for (s, name), ok in reached.items() if s == OURS and not ok]
