@@ -177,7 +177,9 @@ def test_gpu_script_shrunk_runs_every_part_and_writes_its_files(tmp_path):
     assert set(pd.read_csv(out / "runtime.csv")["pair"]) == set(PAIRS)
     throughput = pd.read_csv(out / "throughput.csv")
     assert list(throughput.columns) == [f.name for f in fields(RuntimeRow)]
-    assert set(throughput["pair"]) == {"transformer"} and (throughput["batch"] == scales("smoke").gpu.tp_batch).all()
+    assert (throughput["batch"] == scales("smoke").gpu.tp_batch).all()
+    timed = set(throughput.loc[throughput["entry"] == "deq", "model"])  # both DEQ-Transformer medium rows
+    assert timed == {"wt103-deq-transformer-medium", "wt103-deq-transformer-medium-adaptive"}
     assert (throughput["tokens_per_s"] > 0).all()
 
 

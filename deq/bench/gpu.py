@@ -3,8 +3,9 @@
 On one GPU, in this order, each part skipped (and said so) when the time left cannot fit it:
 (a) ``memory``: Tables 2-3's memory at the paper preset (:mod:`deq.bench.memory`: the protocol, with the
 line through batches 2 and 4 and its error at 15, the method of ``results/reference/cpu/memory_paper.csv``);
-(b) ``runtime``: Table 4's ratios at paper scale (:mod:`deq.bench.runtime`); (c) ``throughput``: (b)'s
-transformer pair at the official script's batch (56 segments of 150), tokens per second.
+(b) ``runtime``: Table 4's ratios at paper scale (:mod:`deq.bench.runtime`); (c) ``throughput``: tokens per
+second of the DEQ-Transformer medium rows (non-adaptive and adaptive) and the Transformer-XLs they are compared
+with, at the official script's batch (56 segments of 150).
 
 Each file under DIR is written atomically as its part finishes, so a run cut short keeps what finished:
 ``device.json`` (first), ``memory``, ``runtime`` and ``throughput`` (``.csv`` + ``.md``), and
@@ -67,8 +68,9 @@ def run_part(name: str, preset: str, out: Path, deadline: float) -> list[Path]:
     scale, files = scales(preset).gpu, (out / f"{name}.csv", out / f"{name}.md")
     if name == "memory":
         run_memory_benchmark(preset, *files)
-    else:  # throughput: the transformer pair at the official script's batch
-        extra = dict(pairs=["transformer"], rounds=scale.tp_rounds, batch=scale.tp_batch) if name == "throughput" else {}
+    else:  # throughput: the DEQ-Transformer medium rows and their explicit pairs at the official script's batch
+        extra = (dict(pairs=["transformer-medium", "transformer"], rounds=scale.tp_rounds, batch=scale.tp_batch)
+                 if name == "throughput" else {})
         run_runtime_benchmark(preset, *files, device=scale.device, deadline=deadline, **extra)
     return [path for path in files if path.exists()]
 

@@ -38,7 +38,7 @@ from deq.rows.build import build_model
 from deq.rows.configs import LMConfig, get_config, on_dataset
 from deq.settings import SolverSettings
 
-__all__ = ["GOALS", "PAIRS", "Pair", "RuntimeConfig", "RuntimeRow", "preset_config", "run_runtime_benchmark"]
+__all__ = ["EXTRA_PAIRS", "GOALS", "PAIRS", "Pair", "RuntimeConfig", "RuntimeRow", "preset_config", "run_runtime_benchmark"]
 
 ENTRIES = ("explicit", "deq", "deq_matched")
 PHASES = ("train", "infer")
@@ -51,8 +51,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (tokens, targets), each (B, T) int6
 class Pair:
     deq: str  # registry name of the DEQ row
     explicit: str  # registry name of the explicit row it is compared with
-    paper_train: float  # Table 4: DEQ / explicit training time
-    paper_infer: float  # Table 4: DEQ / explicit inference time
+    paper_train: float | None  # Table 4: DEQ / explicit training time (None: not in Table 4)
+    paper_infer: float | None  # Table 4: DEQ / explicit inference time
     clip: float  # gradient-norm clipping of the official script (transformer 0.25, TrellisNet 0.07)
 
 
@@ -61,6 +61,10 @@ PAIRS = {
                         2.82, 1.76, 0.25),
     "trellis": Pair("wt103-deq-trellisnet", "wt103-trellisnet-70-aux", 2.40, 1.64, 0.07),
 }
+# Timed on request only (the GPU script's throughput part), not in Table 4: Table 3's non-adaptive
+# DEQ-Transformer medium against the 16-layer Transformer-XL it is compared with there.
+EXTRA_PAIRS = {"transformer-medium": Pair("wt103-deq-transformer-medium", "wt103-transformer-xl-medium-16",
+                                          None, None, 0.25)}
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def measure_pair(key: str, cfg: RuntimeConfig, deadline: float | None = None) ->
     """Time every (entry, phase) of one pair at random init, interleaved; one row per job. Its rows run at the
     benchmark's preset, vocabulary and memory length (= tgt_len), the explicit one at the paper's depth
     where the scale says so."""
-    pair, rows = PAIRS[key], []
+    pair, rows = (PAIRS | EXTRA_PAIRS)[key], []
     for name in (pair.deq, pair.explicit):
         row = on_dataset(get_config(name, cfg.preset, paper_depth=cfg.scale.paper_depth), cfg.scale.dataset)
         rows.append(replace(row, mem_len=min(row.mem_len, cfg.scale.tgt_len)))
@@ -316,7 +320,7 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
                           md_path: str | Path | None = None, *, pairs: Iterable[str] | None = None,
                           rounds: int | None = None, device: str | None = None,
                           deadline: float | None = None, batch: int | None = None) -> list[RuntimeRow]:
-    """Measure both pairs (or ``pairs``), print the Markdown, write CSV / Markdown when paths are given.
+    """Measure Table 4's pairs (or ``pairs``, which may name :data:`EXTRA_PAIRS`), print the Markdown, write CSV / Markdown when paths are given.
 
     ``deadline`` (a ``time.monotonic()`` value) is shared out equally among the pairs still to run; a
     pair stops its rounds early once its share is spent (after at least one timed round), and pairs
@@ -328,8 +332,8 @@ def run_runtime_benchmark(preset: str = "cpu", csv_path: str | Path | None = Non
     cfg = replace(cfg, scale=replace(cfg.scale, rounds=rounds or cfg.scale.rounds, batch=batch or cfg.scale.batch))
     keys = list(PAIRS) if pairs is None else list(pairs)
     for key in keys:
-        if key not in PAIRS:
-            raise ValueError(f"unknown pair {key!r}; choose from {list(PAIRS)}")
+        if key not in PAIRS | EXTRA_PAIRS:
+            raise ValueError(f"unknown pair {key!r}; choose from {list(PAIRS | EXTRA_PAIRS)}")
     rows: list[RuntimeRow] = []
     notes: list[str] = []
 

@@ -344,7 +344,7 @@ def render_runtime(records: list[dict], preset: str, scale: RuntimeScale, device
                 f"{d['fwd_nfe']:g} ({d['fwd_max_iter']}; {d['fwd_at_cap_fraction']:.0%}) | "
                 + (f"{d['bwd_n_iter']:g} ({d['bwd_max_iter']:g})" if fmt(d["bwd_n_iter"]) else "")
                 + f" | {m['step_ms']:.1f} | {m['ratio']:.2f} [{m['ratio_q1']:.2f}, {m['ratio_q3']:.2f}] | "
-                f"{d['paper_ratio']:.2f} | <= {d['goal']:g} | {'yes' if d['goal_met'] else 'NO'} |")
+                f"{fmt(d['paper_ratio'], '.2f')} | <= {d['goal']:g} | {'yes' if d['goal_met'] else 'NO'} |")
     lines += ["", "## Where the time goes", "",
               "Step parts, f calls and backward iterations are medians of the timed steps (f total = f calls "
               "x ms per f). One f call, the forward solve and the backward solve are then timed alone on the "
