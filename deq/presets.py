@@ -64,11 +64,12 @@ SMOKE_TRAINING = Training(
               checkpoint_every=2, trace_every=1),
     early_step=2,
 )
-# The pair's budget (measured: deq.study's docstring): 600 steps of 32 segments of 32 tokens, 0.66 epochs of
-# PTB, no segment memory (it doubles a step's time at this width, for little at this perplexity), the
-# official optimiser (Adam, clip 0.25) at a rate for a short run (3e-3 beat 1e-2 and 2e-3 in probes).
-# Validation every 100 steps on 20,000 tokens (and at the end, the same); test on the whole split, the
-# paper's metric. No copy-memory runs: the paper's task needs days on a CPU (deq.study.not_trained).
+# The pair's budget (each rule's wall time: Snakemake's benchmark files, see deq.study): 600 steps of 32
+# segments of 32 tokens, 0.66 epochs of PTB, no segment memory (it doubles a step's time at this width, for
+# little at this perplexity), the official optimiser (Adam, clip 0.25) at a rate for a short run (3e-3 beat
+# 1e-2 and 2e-3 in probes). Validation every 100 steps on 20,000 tokens (and at the end, the same); test on
+# the whole split, the paper's metric. No copy-memory runs: the paper's task needs days on a CPU
+# (deq.study.not_trained).
 CPU_TRAINING = Training(
     lm=dict(max_steps=CPU_STEPS, batch_size=32, tgt_len=32, mem_len=0, lr=3e-3, warmup_steps=20,
             pretrain_steps=CPU_PRETRAIN_STEPS, eval_batch_size=10, eval_tgt_len=32, eval_every=100,
