@@ -15,9 +15,9 @@ workflow plans the study from those rows without importing torch (a dry run stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-__all__ = ["BACKWARDS", "DEFAULTS", "SOLVER_OPTIONS", "STOP_MODES", "SolverSettings", "check_solver_args"]
+__all__ = ["BACKWARDS", "DEFAULTS", "LEAN", "SOLVER_OPTIONS", "STOP_MODES", "SolverSettings", "check_solver_args"]
 
 SOLVER_OPTIONS = {
     "anderson": ("m", "lam", "beta"),
@@ -42,6 +42,18 @@ def check_solver_args(solver: str, tol: float, max_iter: int, stop_mode: str, op
     unknown = sorted(set(options) - set(SOLVER_OPTIONS[solver]))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for solver {solver!r}; it takes {list(SOLVER_OPTIONS[solver])}")
+
+
+# The lean memory mode (:meth:`SolverSettings.lean`): solvers whose buffers are a constant number of state
+# vectors whatever the cap, for any DEQ row, its tolerances and caps kept. Forward (training and evaluation):
+# Anderson with 3 past iterates, 8 vectors (the v2 code's m = 6 keeps 14; the v1 Broyden 2 per iteration).
+# Backward: restarted GMRES(2) on the linear system y (I - J) = dl/dz*, 9 vectors (m + 7, deq.solvers.gmres).
+# Chosen by measurement (the depth benchmark's `lean` rows against its one-layer `floor`): Picard in the
+# backward keeps 2 vectors fewer, but does not converge where J is not a contraction (the depth benchmark's
+# random transformer cell: relative residual 0.03 after 41 iterations, GMRES(2) 1e-4); m = 6 forward puts
+# the TrellisNet cell's forward solve above its backward.
+LEAN = dict(solver="anderson", eval_solver="anderson", solver_options={"m": 3}, backward_solver="gmres",
+            backward_options={"m": 2})
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,15 @@ class SolverSettings:
         """
         return dict(solver=self.backward_solver, tol=self.backward_tol, max_iter=self.backward_max_iter,
                     stop_mode=self.stop_mode, **self.backward_options)
+
+    def lean(self) -> SolverSettings:
+        """These settings in the lean memory mode (:data:`LEAN`): same tolerances and caps, lean solvers.
+
+        >>> s = SolverSettings(solver="broyden", max_iter=30, backward_max_iter=35).lean()
+        >>> s.solver, s.solver_options, s.backward_solver, s.backward_options, s.max_iter, s.backward_max_iter
+        ('anderson', {'m': 3}, 'gmres', {'m': 2}, 30, 35)
+        """
+        return replace(self, **LEAN)
 
     def equilibrium_args(self, training: bool) -> dict:
         """``deq.equilibrium`` arguments: the forward solve's, and the backward with its own solver."""

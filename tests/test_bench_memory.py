@@ -13,7 +13,7 @@ import torch
 
 from deq.bench import depth, memory
 from deq.bench.common import columns, scales
-from deq.report.benchmarks import best_possible_reduction, explicit_line
+from deq.report.benchmarks import LEAN_GOAL, best_possible_reduction, depth_goals, explicit_line
 from deq.engine.memory import AllocatorPeak
 from deq.presets import MemoryScale
 from deq.solvers import solver_buffer_bytes
@@ -82,6 +82,34 @@ def test_full_history_broyden_buffers_grow_with_the_cap_and_bounded_ones_do_not(
     full, bounded = _by(depth_rows, "transformer", "deq-broyden"), _by(depth_rows, "transformer", "deq-broyden-m8")
     assert full[64]["fwd_buffer_bytes"] > 7 * full[8]["fwd_buffer_bytes"]
     assert bounded[64]["fwd_buffer_bytes"] == bounded[16]["fwd_buffer_bytes"] > bounded[8]["fwd_buffer_bytes"]
+
+
+@pytest.mark.parametrize("family", sorted(depth.DEPTH_ROWS))
+def test_lean_buffers_stay_constant_over_caps_and_every_row_is_measured_against_the_floor(depth_rows, family):
+    # The lean mode keeps a fixed number of state vectors whatever the cap (full-history Broyden's grow);
+    # the floor is the one-layer weight-tied stack of the same run, and every row's floor_ratio is against it.
+    lean, full = _by(depth_rows, family, "deq-lean"), _by(depth_rows, family, "deq-broyden")
+    assert len({(lean[c]["fwd_buffer_bytes"], lean[c]["bwd_buffer_bytes"]) for c in depth.DEPTHS if c >= 8}) == 1
+    assert lean[64]["fwd_buffer_bytes"] < full[64]["fwd_buffer_bytes"]
+    floor = _by(depth_rows, family, "floor")
+    assert list(floor) == [1] and floor[1]["fwd_iters"] == 1
+    assert floor[1]["total_bytes"] < _by(depth_rows, family, "explicit")[2]["total_bytes"]
+    for r in depth_rows:
+        if r["family"] == family:
+            assert r["floor_ratio"] == pytest.approx(r["total_bytes"] / floor[1]["total_bytes"])
+
+
+def test_the_lean_goal_is_judged_on_the_worst_cap_from_8(depth_rows):
+    def lean_goals(rows):
+        return {family: (value, met) for family, model, what, value, _, met in depth_goals(rows)
+                if model == "deq-lean" and "floor" in what}
+
+    assert set(lean_goals(depth_rows)) == set(depth.DEPTH_ROWS)
+    over = [dict(r, floor_ratio=LEAN_GOAL + 0.01) if r["model"] == "deq-lean" and r["depth"] == 32 else r
+            for r in depth_rows]
+    assert all(value == LEAN_GOAL + 0.01 and not met for value, met in lean_goals(over).values())
+    below_8 = [dict(r, floor_ratio=9.0) if r["model"] == "deq-lean" and r["depth"] < 8 else r for r in depth_rows]
+    assert lean_goals(below_8) == lean_goals(depth_rows)
 
 
 def test_protocol_table_has_one_row_per_paper_row_with_the_documented_columns(protocol_rows):

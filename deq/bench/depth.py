@@ -2,8 +2,9 @@
 
 One cell per family (the small DEQ-Transformer's, DEQ-TrellisNet PTB's) as a weight-tied stack of
 depth 2 ... 64 against the DEQ capped at that depth with an unreachable tolerance (so the solve runs
-to the cap), under each of :data:`DEQ_VARIANTS`. One training step of the driver alone (a random input
-for the embeddings, a random readout for the softmax) is measured per point, two ways:
+to the cap), under each of :data:`DEQ_VARIANTS`; and the ``floor``, the cell's one-layer stack: the least
+any DEQ of it can hold (every row's ``floor_ratio`` is against it). One training step of the driver alone
+(a random input for the embeddings, a random readout for the softmax) is measured per point, two ways:
 
 - ``total_bytes`` (the goals' number): the allocator's peak over the step
   (:func:`deq.bench.common.measure_step`) plus the weights and both Adam moments held before it;
@@ -30,6 +31,7 @@ from deq.models.drivers import DEQDriver
 from deq.report.benchmarks import render_depth
 from deq.rows.build import build_cell
 from deq.rows.configs import get_config
+from deq.settings import LEAN
 
 __all__ = ["DEPTHS", "DEPTH_ROWS", "DEQ_VARIANTS", "DepthRow", "run_depth_benchmark"]
 
@@ -39,7 +41,7 @@ DEPTH_ROWS = {"transformer": "wt103-deq-transformer-small", "trellis": "ptb-deq-
 
 # Overrides of the row's SolverSettings. 'anderson' (the v2 forward) and 'broyden' (every pair up to the cap)
 # keep the row's backward (the v1 Broyden, every pair); 'broyden-m8' bounds both histories to 8 pairs;
-# 'anderson-fixed-point' solves the backward by fixed-point iteration (torchdeq's default).
+# 'anderson-fixed-point' solves the backward by fixed-point iteration (torchdeq's default); 'lean': deq.settings.LEAN.
 DEQ_VARIANTS = {
     "anderson": dict(solver="anderson", solver_options={}),
     "broyden": dict(solver="broyden", solver_options={}),
@@ -47,6 +49,7 @@ DEQ_VARIANTS = {
                        backward_options={"m": 8}),
     "anderson-fixed-point": dict(solver="anderson", solver_options={}, backward_solver="picard",
                                  backward_options={}),
+    "lean": LEAN,
 }
 
 
@@ -68,7 +71,7 @@ class DepthRow:
     batch: int
     depth: int  # explicit layers, or the DEQ's forward cap
     param_state_bytes: int  # weights, gradients and both Adam moments
-    model: str  # 'explicit' or 'deq-<variant>'
+    model: str  # 'explicit', 'floor' (the one-layer stack, depth 1) or 'deq-<variant>'
     forward: str  # the DEQ's forward solver and options ('' for explicit)
     backward: str  # ... its backward's
     activation_bytes: int  # saved for backward
@@ -85,6 +88,7 @@ class DepthRow:
     wall_s: float  # seconds of the step, under the profiler on a CPU: a size, not a timing
     reduction: float = 0.0  # 1 - total / explicit total at this depth
     reduction_accounted: float = 0.0  # ... accounted
+    floor_ratio: float = 0.0  # total / the floor's total
 
 
 def measure_depth(family: str, preset: str) -> list[DepthRow]:
@@ -112,12 +116,15 @@ def measure_depth(family: str, preset: str) -> list[DepthRow]:
         counter = SavedActivations()
         return *measure_step(step, device, counter), counter.bytes
 
-    rows = []
+    def explicit(depth: int, model: str) -> DepthRow:
+        _, peak, wall, saved = point(WeightTiedDriver(cell, depth, row.mem_len))
+        return DepthRow(family, row.name, row.d_model, cell.d_state, T, B, depth, param_state, model, "", "", saved,
+                        0, 0, peak, peak + held_before, saved + param_state, depth, True, None, None, None, wall)
+
+    rows = [explicit(1, "floor")]
     for depth in DEPTHS:
         base = (family, row.name, row.d_model, cell.d_state, T, B, depth, param_state)
-        _, peak, wall, saved = point(WeightTiedDriver(cell, depth, row.mem_len))
-        rows.append(DepthRow(*base, "explicit", "", "", saved, 0, 0, peak, peak + held_before, saved + param_state,
-                             depth, True, None, None, None, wall))
+        rows.append(explicit(depth, "explicit"))
         for name, overrides in DEQ_VARIANTS.items():
             settings = replace(row.solver, tol=UNREACHABLE_TOL, max_iter=depth, **overrides)
             info, peak, wall, saved = point(DEQDriver(cell, settings, row.mem_len))
@@ -128,10 +135,11 @@ def measure_depth(family: str, preset: str) -> list[DepthRow]:
                 peak + held_before, saved + max(fwd, bwd) + param_state, info.forward.n_iter,
                 info.forward.n_iter == depth, info.backward.n_iter, info.forward.rel_residual.max().item(),
                 info.backward.rel_residual.max().item(), wall))
-    explicit = {r.depth: r for r in rows if r.model == "explicit"}
+    stacks = {r.depth: r for r in rows if r.model in ("explicit", "floor")}
     for r in rows:
-        r.reduction = 1 - r.total_bytes / explicit[r.depth].total_bytes
-        r.reduction_accounted = 1 - r.accounted_bytes / explicit[r.depth].accounted_bytes
+        r.reduction = 1 - r.total_bytes / stacks[r.depth].total_bytes
+        r.reduction_accounted = 1 - r.accounted_bytes / stacks[r.depth].accounted_bytes
+        r.floor_ratio = r.total_bytes / rows[0].total_bytes
     return rows
 
 

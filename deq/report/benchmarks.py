@@ -16,12 +16,13 @@ import numpy as np
 
 from deq.presets import RuntimeScale, SolverScale
 
-__all__ = ["GOAL_DEPTH", "GOAL_REDUCTION", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
+__all__ = ["GOAL_DEPTH", "GOAL_REDUCTION", "LEAN_GOAL", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
            "explicit_line", "fmt", "mb", "pct", "per_call_ratio", "render_depth", "render_memory", "render_runtime", "render_solvers",
            "solver_table", "solver_targets", "spread"]
 
 MB = 1e6
 GOAL_DEPTH, GOAL_REDUCTION = 16, 0.9  # the goal: >= 90% below the explicit stack from depth 16
+LEAN_GOAL = 1.25  # the lean mode's goal: total <= 1.25 x the one-layer floor at every cap from 8 to 64
 
 
 def fmt(value: object, spec: str = ".1f") -> str:
@@ -195,7 +196,11 @@ def depth_goals(records: list[dict]) -> list[tuple[str, str, str, float, str, bo
     for family in dict.fromkeys(r["family"] for r in records):
         by = {(r["model"], r["depth"]): r for r in records if r["family"] == family}
         depths = sorted(d for model, d in by if model == "explicit")
-        for model in dict.fromkeys(r["model"] for r in records if r["family"] == family):
+        for model in dict.fromkeys(r["model"] for r in records if r["family"] == family and r["model"] != "floor"):
+            if model == "deq-lean":
+                worst = max(by[model, c]["floor_ratio"] for c in depths if c >= 8)
+                out.append((family, model, "total / one-layer floor, caps 8-64: largest", worst,
+                            f"<= {LEAN_GOAL:g}x", worst <= LEAN_GOAL))
             if model == "explicit":
                 moved = spread([(by[model, b]["total_bytes"] - by[model, a]["total_bytes"]) / (b - a)
                                 for a, b in zip(depths, depths[1:])])
@@ -234,7 +239,7 @@ def render_depth(records: list[dict], preset: str, tol: float) -> str:
     for family in dict.fromkeys(r["family"] for r in records):
         by = {(r["model"], r["depth"]): r for r in records if r["family"] == family}
         depths = sorted(d for model, d in by if model == "explicit")
-        variants = [model for model in dict.fromkeys(model for model, _ in by) if model != "explicit"]
+        variants = [model for model in dict.fromkeys(model for model, _ in by) if model not in ("explicit", "floor")]
         first = by["explicit", depths[0]]
         intercept, per_layer = explicit_line(by)
         reach = next((d for d in range(1, 1025) if best_possible_reduction(by, d) >= GOAL_REDUCTION), None)
@@ -242,7 +247,8 @@ def render_depth(records: list[dict], preset: str, tol: float) -> str:
                       f"sequence {first['seq_len']} x batch {first['batch']}", "",
                   f"Parameter state (weights, gradients, moments) {mb(first['param_state_bytes'])} MB. Explicit "
                   f"stack measured: {mb(intercept)} MB + {mb(per_layer)} MB per layer, so no DEQ of this cell "
-                  f"can be {GOAL_REDUCTION:.0%} below it before depth {reach}.", "",
+                  f"can be {GOAL_REDUCTION:.0%} below it before depth {reach}. The floor, its one-layer stack "
+                  f"measured in this run: {mb(by['floor', 1]['total_bytes'])} MB.", "",
                   "| variant | forward | backward | backward buffers MB |", "|---|---|---|---|"]
         for v in variants:
             r = by[v, depths[-1]]
@@ -258,6 +264,10 @@ def render_depth(records: list[dict], preset: str, tol: float) -> str:
                                     for v in variants)
             lines.append(f"| {depth} | {mb(ex['total_bytes'])} ({mb(ex['activation_bytes'])}) | "
                          + " | ".join(cells) + f" | {reductions} | {pct(best_possible_reduction(by, depth))} |")
+        lines += ["", "| depth | total / floor: " + " / ".join(v.removeprefix("deq-") for v in variants) + " |",
+                  "|---|---|"]
+        lines += [f"| {depth} | " + " / ".join(f"{by[v, depth]['floor_ratio']:.2f}" for v in variants) + " |"
+                  for depth in depths]
         lines += ["", "| variant | forward rel. residual at cap 8 / 16 / 64 | backward iterations, rel. residual at "
                       "16 |", "|---|---|---|"]
         for v in variants:
@@ -265,7 +275,7 @@ def render_depth(records: list[dict], preset: str, tol: float) -> str:
                          f" | {by[v, 16]['bwd_iters']}, {by[v, 16]['bwd_rel_residual']:.0e} |")
     lines += ["", "| family | model | goal | measured | target | met |", "|---|---|---|---|---|---|"]
     for family, model, what, value, goal, met in depth_goals(records):
-        shown = (("yes" if value else "no") if what.startswith("iterations") else
+        shown = (("yes" if value else "no") if what.startswith("iterations") else f"{value:.2f}x" if "floor" in what else
                  ("none up to 64" if value != value else f"{value:.0f}") if what.startswith("first depth") else
                  f"{100 * value:.1f}%")
         lines.append(f"| {family} | {model} | {what} | {shown} | {goal} | {'yes' if met else 'NO'} |")

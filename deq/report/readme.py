@@ -38,7 +38,7 @@ import pandas as pd
 
 from deq.io import atomic_write_text
 from deq.provenance import REPO, cpu_name, revision, version
-from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, MB, bound, explicit_line, fmt, mb, pct, per_call_ratio,
+from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, LEAN_GOAL, MB, bound, explicit_line, fmt, mb, pct, per_call_ratio,
                                    solver_table, spread)
 
 REFERENCE = Path("results/reference/cpu")  # relative to the repository root
@@ -278,6 +278,8 @@ DEPTH_COLUMNS = ("family", "row", "width", "d_state", "seq_len", "batch", "depth
 
 
 def render_depth(frame: pd.DataFrame) -> str:
+    floors = frame[frame.model == "floor"].set_index("family")
+    frame = frame[frame.model != "floor"]
     families = list(dict.fromkeys(frame.family))
     variants = [m for m in dict.fromkeys(frame.model) if m != "explicit"]
     short = [v.removeprefix("deq-") for v in variants]
@@ -301,8 +303,20 @@ def render_depth(frame: pd.DataFrame) -> str:
                      f"{pct(bound(line, GOAL_DEPTH))} | {reach or 'over 1024'} | "
                      + " | ".join(" / ".join(pct(by[v, d].reduction) for v in variants) for d in shown) + " |")
         facts[family] = (by, line)
-    lines += [""] + depth_findings(facts, variants, depths)
+    lines += [""] + depth_findings(facts, variants, depths) + lean_findings(frame, floors)
     return "\n".join(lines + ["", measured_by(frame, "depth")])
+
+
+def lean_findings(frame: pd.DataFrame, floors: pd.DataFrame) -> list[str]:
+    """The lean mode against the one-layer floor, per cell, over caps 8-64 (the goal's range)."""
+    if "deq-lean" not in set(frame.model):
+        return []
+    lean = frame[(frame.model == "deq-lean") & (frame.depth >= 8)]
+    parts = [f"the {family} cell's total is {rows.floor_ratio.min():.2f}-{rows.floor_ratio.max():.2f}x its floor "
+             f"({floors.total_bytes[family] / MB:.1f} MB)" for family, rows in lean.groupby("family", sort=False)]
+    met = (lean.floor_ratio <= LEAN_GOAL).all()
+    return [f"- Lean mode (`deq.settings.LEAN`), caps 8-64: {_join(parts)}; the floor is the cell's one-layer "
+            f"weight-tied stack, measured in the same run. Goal <= {LEAN_GOAL:g}x: {'met' if met else 'NOT met'}."]
 
 
 def depth_findings(facts: dict, variants: list[str], depths: list[int]) -> list[str]:
