@@ -43,8 +43,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # builder that turns each into a model with the row's driver (DEQ or baseline), and their counts.
     ("row registry", ("deq.rows", "deq.rows.*")),
     # What runs the rows: run configs and records, training, evaluation, the study, benchmarks, reports.
-    ("engine, benchmarks, workflow", ("deq.engine", "deq.engine.*", "deq.train", "deq.evaluate", "deq.study",
-                                      "deq.bench", "deq.bench.*", "deq.report", "deq.report.*")),
+    ("engine, benchmarks, workflow", ("deq.engine", "deq.engine.*", "deq.train", "deq.evaluate", "deq.lean",
+                                      "deq.study", "deq.bench", "deq.bench.*", "deq.report", "deq.report.*")),
 ]
 SOLVER_LIBRARY = "solver library"
 

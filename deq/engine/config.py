@@ -29,6 +29,7 @@ class TrainConfig:
     model: str  # a row of deq.rows.configs.CONFIGS (language models) or COPY_CONFIGS (copy memory)
     preset: str = "cpu"  # scale of the model row: 'smoke', 'cpu' or 'paper'
     official_code: str = "v1"  # DEQ solver settings of the official code: 'v1' (the paper's) or 'v2'
+    lean: bool = False  # DEQ rows: those settings in the lean memory mode (deq.settings.LEAN; README)
     dataset: str | None = None  # corpus; None: the row's own (copy-memory rows: 'copy-memory')
     width: int | None = None  # cpu preset only: the width of the 500-wide rows (None: 128; deq.rows.configs)
     data_root: str = "data"  # where datasets are downloaded and prepared
@@ -98,6 +99,9 @@ class TrainConfig:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
         if self.clip < 0:
             raise ValueError(f"clip must be >= 0, got clip={self.clip!r}")
+        if self.lean and (self.is_copy_memory or CONFIGS[self.model].driver != "deq"):
+            raise ValueError(f"lean is a DEQ's solver mode; model {self.model!r} is not a DEQ language model "
+                             f"(DEQ rows: {sorted(n for n, r in CONFIGS.items() if r.driver == 'deq')})")
 
     @property
     def is_copy_memory(self) -> bool:
@@ -179,6 +183,8 @@ def config_from_dict(raw: dict, source: str = "config") -> TrainConfig:
 def lm_row(cfg: TrainConfig) -> LMConfig:
     """The language-model row a run trains: the named row at its preset, on the run's corpus."""
     row = get_config(cfg.model, cfg.preset, cfg.official_code, cfg.width)
+    if cfg.lean:
+        row = dataclasses.replace(row, solver=row.solver.lean())
     if cfg.mem_len is not None:
         row = dataclasses.replace(row, mem_len=cfg.mem_len)
     dataset = cfg.dataset or row.dataset

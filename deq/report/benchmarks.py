@@ -275,7 +275,8 @@ def render_depth(records: list[dict], preset: str, tol: float) -> str:
                          f" | {by[v, 16]['bwd_iters']}, {by[v, 16]['bwd_rel_residual']:.0e} |")
     lines += ["", "| family | model | goal | measured | target | met |", "|---|---|---|---|---|---|"]
     for family, model, what, value, goal, met in depth_goals(records):
-        shown = (("yes" if value else "no") if what.startswith("iterations") else f"{value:.2f}x" if "floor" in what else
+        shown = (("yes" if value else "no") if what.startswith("iterations") else
+                 f"{value:.2f}x" if "floor" in what else
                  ("none up to 64" if value != value else f"{value:.0f}") if what.startswith("first depth") else
                  f"{100 * value:.1f}%")
         lines.append(f"| {family} | {model} | {what} | {shown} | {goal} | {'yes' if met else 'NO'} |")

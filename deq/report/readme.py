@@ -38,8 +38,8 @@ import pandas as pd
 
 from deq.io import atomic_write_text
 from deq.provenance import REPO, cpu_name, revision, version
-from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, LEAN_GOAL, MB, bound, explicit_line, fmt, mb, pct, per_call_ratio,
-                                   solver_table, spread)
+from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, LEAN_GOAL, MB, bound, explicit_line, fmt, mb, pct,
+                                   per_call_ratio, solver_table, spread)
 
 REFERENCE = Path("results/reference/cpu")  # relative to the repository root
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")  # python -m deq.bench NAME

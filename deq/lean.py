@@ -1,0 +1,215 @@
+"""The lean memory mode's evidence on trained models (:data:`deq.settings.LEAN`; its memory is the depth
+benchmark's ``lean`` and ``floor`` rows).
+
+``python -m deq.lean accuracy RUN... --out CSV``: on validation batches of each trained DEQ run, the
+gradient of the training loss with respect to every parameter, computed three ways on the same checkpoint
+and batch: ``standard`` (the run's own solver settings, as it trained), ``lean`` (the same settings in the
+lean mode) and the reference (float64, forward and backward solved to a tolerance of 1e-10 in the run's stop mode:
+:data:`REFERENCE`). Each row gives a mode's cosine to the reference and its relative error
+||g - g_ref|| / ||g_ref||, with what its solves reached; ``ref_agreement`` is the reference's own error,
+the relative difference to a second float64 gradient whose backward is solved by another method
+(:data:`CROSS_CHECK`: full-history Broyden instead of GMRES). The model runs in eval mode (no dropout, so the
+three see the same function) with the training solves' settings.
+
+``python -m deq.lean training STANDARD LEAN --out CSV --figure PNG``: two runs of the same row, budget and
+seed, one of them trained with ``lean: true``; their validation and test loss side by side, the relative
+difference of the validation loss, and their training curves on one panel.
+
+Both write CSVs stamped with the command, revision and date (:func:`deq.report.readme.provenance`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from deq.evaluate import load_run
+from deq.settings import SolverSettings
+
+__all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "training_comparison"]
+
+# The reference gradient's solves, in float64: a forward and a backward to a relative residual of 1e-10,
+# with caps far above what they need on a trained model (the CSV records what they reached).
+REFERENCE = dict(solver="anderson", solver_options={"m": 6}, tol=1e-10, max_iter=400, backward_solver="gmres",
+                 backward_options={"m": 20}, backward_tol=1e-10, backward_max_iter=800)
+CROSS_CHECK = dict(backward_solver="broyden", backward_options={}, backward_max_iter=300)
+GOAL_COSINE, GOAL_LOSS = 0.99, 0.02  # the issue's: cosine to the reference >= 0.99; validation loss within 2%
+
+
+def training_solves(settings: SolverSettings) -> SolverSettings:
+    """``settings`` with the evaluation solve set to the training one (the model runs in eval mode)."""
+    return replace(settings, eval_solver=settings.solver, eval_tol=settings.tol, eval_max_iter=settings.max_iter)
+
+
+@dataclass
+class GradientRow:
+    """One run, validation batch and mode: a row of the accuracy CSV."""
+
+    run: str
+    row: str  # the registry row
+    step: int  # training steps behind the weights
+    batch: int  # validation batch (batch_size x tgt_len tokens, consecutive)
+    mode: str  # 'standard' (the run's settings) or 'lean'
+    solvers: str  # forward / backward solver and options
+    cosine: float  # of the full parameter gradient to the reference's
+    rel_error: float  # ||g - g_ref|| / ||g_ref||
+    fwd_nfe: int
+    fwd_rel_residual_max: float
+    bwd_n_iter: int
+    bwd_rel_residual_max: float
+    ref_fwd_rel_residual_max: float  # what the reference's solves reached
+    ref_bwd_rel_residual_max: float
+    ref_agreement: float  # ||g_ref - g_check|| / ||g_ref||, the cross-check's backward another method
+    loss: float  # the batch's training loss under this mode
+
+
+def _gradient(model, settings: SolverSettings, tokens: torch.Tensor, targets: torch.Tensor, aux_weight: float):
+    """(flat float64 gradient of the training loss over every parameter, EquilibriumInfo, loss)."""
+    model.zero_grad(set_to_none=True)
+    out = model(tokens, targets, None, settings=settings)
+    loss = out.loss if out.aux_loss is None else out.loss + aux_weight * out.aux_loss
+    loss.backward()
+    flat = [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double() for p in model.parameters()]
+    return torch.cat(flat), out.info, loss.item()
+
+
+def _solvers(s: SolverSettings) -> str:
+    options = [f"{s.solver}{''.join(f' {k}={v}' for k, v in s.solver_options.items())}",
+               f"{s.backward_solver}{''.join(f' {k}={v}' for k, v in s.backward_options.items())}"]
+    return " / ".join(options)
+
+
+def gradient_accuracy(run_dir: str | Path, n_batches: int = 3) -> list[GradientRow]:
+    """The standard and lean gradients of a trained DEQ run against the float64 reference (module docstring),
+    on its first ``n_batches`` validation batches of the shape it trained on."""
+    from deq.data import batchify, prepare
+    from deq.models.drivers import DEQDriver
+
+    model, cfg, row, step = load_run(run_dir)
+    if not isinstance(model.driver, DEQDriver):
+        raise ValueError(f"{run_dir}: the lean mode is a DEQ's; this run trains {row.name!r}, a {row.driver} model")
+    trained = model.driver.settings
+    modes = {"standard": training_solves(trained), "lean": training_solves(trained.lean())}
+    reference = training_solves(replace(trained, **REFERENCE))
+    check = replace(reference, **CROSS_CHECK)
+    reference_model = copy.deepcopy(model).double()
+    corpus = prepare(cfg.dataset or row.dataset, cfg.data_root, cfg.data_mirror)
+    streams, T = batchify(corpus.valid, cfg.batch_size), cfg.tgt_len
+    rows = []
+    for i in range(n_batches):
+        tokens, targets = streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]
+        g_ref, ref, _ = _gradient(reference_model, reference, tokens, targets, row.aux_weight)
+        agreement = ((_gradient(reference_model, check, tokens, targets, row.aux_weight)[0] - g_ref).norm()
+                     / g_ref.norm()).item()
+        for mode, settings in modes.items():
+            g, info, loss = _gradient(model, settings, tokens, targets, row.aux_weight)
+            rows.append(GradientRow(
+                Path(run_dir).name, row.name, step, i, mode, _solvers(settings),
+                torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item(),
+                ((g - g_ref).norm() / g_ref.norm()).item(), info.forward.nfe, info.forward.rel_residual.max().item(),
+                info.backward.n_iter, info.backward.rel_residual.max().item(),
+                ref.forward.rel_residual.max().item(), ref.backward.rel_residual.max().item(), agreement, loss))
+    return rows
+
+
+@dataclass
+class TrainingRow:
+    """One run of the lean / standard comparison: a row of its CSV."""
+
+    run: str
+    mode: str  # 'standard' or 'lean'
+    row: str
+    steps: int
+    seed: int
+    solvers: str  # training forward / backward
+    valid_loss: float  # log of the final validation perplexity
+    test_loss: float
+    valid_rel_diff: float  # (lean - standard) / standard validation loss, on both rows
+    train_step_peak_bytes: int | None  # the run's measured training-step peak (deq.train)
+
+
+def training_comparison(standard_dir: str | Path, lean_dir: str | Path) -> list[TrainingRow]:
+    """The two runs' final losses (``result.json``) side by side; they must train the same row, budget and seed."""
+    from deq.engine.config import lm_row, load_config
+
+    runs = {"standard": Path(standard_dir), "lean": Path(lean_dir)}
+    configs = {mode: load_config(path / "config.yaml") for mode, path in runs.items()}  # written by deq.train
+    if not configs["lean"].lean or configs["standard"].lean:
+        raise ValueError(f"need a standard run and a lean run; got lean={configs['standard'].lean} for "
+                         f"{standard_dir} and lean={configs['lean'].lean} for {lean_dir}")
+    differ = {key: (value, getattr(configs["lean"], key)) for key, value in vars(configs["standard"]).items()
+              if key not in ("lean", "data_mirror", "data_root") and getattr(configs["lean"], key) != value}
+    if differ:
+        raise ValueError(f"the runs differ beyond the lean mode: {differ}")
+    results = {mode: json.loads((path / "result.json").read_text()) for mode, path in runs.items()}
+    valid = {mode: math.log(r["valid_ppl"]) for mode, r in results.items()}
+    diff = (valid["lean"] - valid["standard"]) / valid["standard"]
+    return [TrainingRow(path.name, mode, configs[mode].model, results[mode]["steps"], configs[mode].seed,
+                        _solvers(lm_row(configs[mode]).solver), valid[mode], math.log(results[mode]["test_ppl"]),
+                        diff, results[mode].get("train_step_peak_bytes")) for mode, path in runs.items()]
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+def _write(rows: list, out: Path, argv: list[str], start: float) -> None:
+    """``rows`` as a CSV stamped with the command, revision and date (atomically)."""
+    import pandas as pd
+
+    from deq.bench.common import columns
+    from deq.io import atomic_write_text
+    from deq.provenance import REPO
+    from deq.report.readme import provenance, with_provenance
+
+    fields = provenance(REPO, ["python", "-m", "deq.lean", *argv], time.monotonic() - start)
+    atomic_write_text(out, with_provenance(pd.DataFrame([columns(r) for r in rows]), fields).to_csv(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m deq.lean", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    accuracy = commands.add_parser("accuracy", help="lean and standard gradients against a float64 reference")
+    accuracy.add_argument("runs", nargs="+", type=Path, help="trained DEQ run folders (results/runs/<preset>/<run>)")
+    accuracy.add_argument("--batches", type=int, default=3, help="validation batches per run (default 3)")
+    accuracy.add_argument("--out", type=Path, required=True, help="CSV to write")
+    training = commands.add_parser("training", help="a lean run against its standard twin")
+    training.add_argument("standard", type=Path, help="the run trained with its row's settings")
+    training.add_argument("lean", type=Path, help="the same run trained with lean: true")
+    training.add_argument("--out", type=Path, required=True, help="CSV to write")
+    training.add_argument("--figure", type=Path, required=True, help="PNG of both training curves (a PDF beside it)")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    if args.command == "accuracy":
+        if args.batches < 1:
+            parser.error(f"--batches must be >= 1, got {args.batches}")
+        rows = [r for run in args.runs for r in gradient_accuracy(run, args.batches)]
+        for r in rows:
+            print(f"{r.run} batch {r.batch} {r.mode:8s} cosine {r.cosine:.6f} rel. error {r.rel_error:.2e} "
+                  f"(bwd {r.bwd_n_iter} iters, residual {r.bwd_rel_residual_max:.1e}; reference's own error "
+                  f"{r.ref_agreement:.1e})", flush=True)
+        worst = min(r.cosine for r in rows if r.mode == "lean")
+        print(f"lean: smallest cosine {worst:.6f} (goal >= {GOAL_COSINE})", flush=True)
+    else:
+        from deq.report.figures import plot_training_curves
+
+        rows = training_comparison(args.standard, args.lean)
+        for r in rows:
+            print(f"{r.run} ({r.mode}): valid loss {r.valid_loss:.4f}, test loss {r.test_loss:.4f}", flush=True)
+        print(f"lean vs standard validation loss: {100 * rows[0].valid_rel_diff:+.2f}% (goal within "
+              f"{GOAL_LOSS:.0%})", flush=True)
+        plot_training_curves({f"lean vs standard: {r.mode}": path for r, path in zip(rows, (args.standard, args.lean))},
+                             args.figure, args.figure.with_suffix(".pdf"))
+    _write(rows, args.out, argv, start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
