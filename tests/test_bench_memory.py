@@ -141,10 +141,10 @@ def test_every_deq_uses_less_memory_than_each_explicit_counterpart_but_not_nothi
     # (3% below: a 268K-word softmax dominates both peaks); a DEQ measured with its weight-tied
     # pretraining stack switched on comes out about 4% above it.
     rows, _ = protocol_rows
-    explicit = [r for r in rows if r["driver"] != "deq"]
+    explicit = [r for r in rows if r["driver"] != "deq" and r["name"] in CONFIGS]
     assert {r["deq"] for r in explicit} == set(memory.PAIRS)
     for row in explicit:
-        for column in ("reduction", "accounted_reduction", "driver_reduction", "paper_reduction"):
+        for column in ("reduction", "accounted_reduction", "driver_reduction", "paper_reduction", "lean_reduction"):
             assert 0 < row[column] < 1, (row["name"], column, row[column])
     for row in rows:
         if row["driver"] == "deq":
@@ -255,3 +255,21 @@ def test_measured_deq_total_is_flat_in_the_cap_with_bounded_histories(depth_rows
     by = _by(depth_rows, family, f"deq-{variant}")
     totals = [by[cap]["total_bytes"] for cap in depth.DEPTHS if cap >= 8]
     assert max(totals) <= 1.05 * min(totals), totals
+
+
+def test_each_deq_has_a_lean_row_and_a_floor_of_its_own_cell(protocol_rows):
+    # The lean column of Tables 2-3 and the floor ratios come from these rows: a lean row must run the
+    # row's settings in the lean mode (other solver buffers than the row's Broyden) and the floor must be
+    # the same cell as a one-layer stack (the same parameters, no solver).
+    rows, _ = protocol_rows
+    by = {r["name"]: r for r in rows}
+    scale = scales("smoke").memory
+    for deq_name in memory.PAIRS:
+        lean, floor, row = by[f"{deq_name}@lean"], by[f"{deq_name}@floor"], by[deq_name]
+        assert memory.config_at(lean["name"], scale).solver == memory.config_at(deq_name, scale).solver.lean()
+        assert lean["driver"] == "deq" and 0 < lean["fwd_buffer_bytes"] != row["fwd_buffer_bytes"], deq_name
+        assert 0 < lean["bwd_buffer_bytes"] != row["bwd_buffer_bytes"], deq_name
+        assert (floor["driver"], floor["n_layer"], floor["fwd_iters"]) == ("weight_tied", 1, None), deq_name
+        assert floor["n_params_nonembedding"] == row["n_params_nonembedding"], deq_name
+        for r in (row, lean):
+            assert r["floor_ratio"] == pytest.approx(r["memory_bytes"] / floor["memory_bytes"]), r["name"]

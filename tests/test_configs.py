@@ -128,6 +128,14 @@ def test_shrunk_presets_keep_the_row_and_shrink_the_width(name, preset):
         assert (cfg.n_layer, cfg.aux_every) == (paper.n_layer, paper.aux_every)
 
 
+def test_the_memory_benchmarks_pairs_cover_every_row_once():
+    # Tables 2-3's reductions come from PAIRS: a row missing there (or named twice) gets no reduction.
+    from deq.bench.memory import PAIRS
+
+    named = [n for deq_name, counterparts in PAIRS.items() for n in (deq_name, *counterparts)]
+    assert sorted(named) == sorted(CONFIGS)
+
+
 @pytest.mark.parametrize("width", [64, 128])
 def test_cpu_preset_keeps_each_pairs_parameter_ratio(width):
     # One width factor for every row: a DEQ and its explicit counterpart keep the ratio of their

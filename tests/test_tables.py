@@ -77,3 +77,28 @@ def test_size_sweep_pairs_each_deq_with_its_explicit_run(tmp_path):
     assert list(deq["memory_reduction"]) == pytest.approx([1 - 40 / 100, 1 - 60 / 200])
     assert list(deq["train_step_peak_mb"]) == [40.0, 60.0]
     assert pd.read_csv(tmp_path / "size_sweep.csv").shape == frame.shape
+
+
+def test_tables_2_3_carry_the_lean_mode_beside_each_row(tmp_path):
+    # The lean column: a DEQ row shows its <row>@lean peak (cpu scale and paper widths), an explicit row
+    # the reduction of the lean DEQ against it, as the memory benchmark wrote them; a file without the
+    # lean rows leaves the column empty instead of failing.
+    from deq.report.tables import render_markdown
+
+    memory = _memory()
+    memory.loc["wt103-deq-transformer-small@lean", ["memory_bytes", "method", "scale"]] = (2.5e6, "m", "s")
+    memory.loc["wt103-transformer-xl-small-4", "lean_reduction"] = 0.75
+    paper = memory.assign(memory_bytes=memory.memory_bytes * 1000, extrapolated=False, batch=15, device="d",
+                          revision="r", fit_batches="2 4")
+    paper.loc["wt103-transformer-xl-small-4", "lean_reduction"] = 0.9
+    reasons = {n: "x" for n, row in CONFIGS.items() if row.paper_table == 3}
+    by = lm_table(3, {}, memory, "cpu", paper, not_trained=reasons).set_index("model")
+    deq, explicit = by.loc["wt103-deq-transformer-small"], by.loc["wt103-transformer-xl-small-4"]
+    assert (deq["lean_memory_mb"], deq["paper_width_lean_memory_gb"]) == (2.5, 2.5)
+    assert (explicit["lean_memory_reduction"], explicit["paper_width_lean_reduction"]) == (0.75, 0.9)
+    text = render_markdown({3: by.reset_index(), 1: copy_table({}, "cpu", not_trained("cpu")),
+                            2: lm_table(2, {}, _memory(), "cpu", not_trained=not_trained("cpu")),
+                            4: pd.DataFrame(columns=["weights"])}, "cpu")
+    assert "| 2.5 MB (2.5 GB) |" in text and "| 75.0% (90.0%) |" in text
+    without = lm_table(3, {}, _memory(), "cpu", not_trained=reasons)
+    assert without[["lean_memory_mb", "lean_memory_reduction"]].isna().all().all()

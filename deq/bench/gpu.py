@@ -89,17 +89,15 @@ class StatusRow:
 def run(out: Path, shrink: bool = False, budget_s: float = 480.0) -> int:
     """Run every part that fits in ``budget_s`` seconds; returns the exit status (see the module docstring)."""
     start = time.monotonic()
-    end = start + budget_s
     preset = "smoke" if shrink else "paper"
     scale = scales(preset).gpu
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "device.json", json.dumps(device_info(shrink, budget_s), indent=2) + "\n")
     print(f"deq.bench.gpu: {preset} scale on {scale.device}, budget {budget_s:g} s, writing to {out}",
           flush=True)
-    names = list(PARTS)
     status, failed = [], False
-    for i, name in enumerate(names):
-        left = end - time.monotonic()
+    for i, name in enumerate(PARTS):
+        left = start + budget_s - time.monotonic()
         need = scale.needs_s[name]
         if left < need:
             reason = f"{left:.0f} s of the budget left, the part needs at least {need} s"
@@ -109,7 +107,7 @@ def run(out: Path, shrink: bool = False, budget_s: float = 480.0) -> int:
             t0 = time.monotonic()
             # This part's share of the time left, in proportion to the needs of the parts still to run;
             # no new row or round starts after 85% of it, so the last one started can finish in time.
-            share = left * need / sum(scale.needs_s[n] for n in names[i:])
+            share = left * need / sum(scale.needs_s[n] for n in PARTS[i:])
             print(f"{name}: running ({left:.0f} s left)", flush=True)
             try:
                 files = run_part(name, preset, out, t0 + 0.85 * share)

@@ -1,34 +1,31 @@
 """Training memory of every row of Tables 2-3 at the paper's protocol: ``python -m deq.bench memory``.
 
-Every row of :data:`deq.rows.configs.CONFIGS` and :data:`VARIANTS` trains two steps on Zipf (1/rank)
-random tokens, the shape of a frequency-sorted vocabulary (uniform ids would crowd the adaptive
-softmax's tail clusters); the second is measured with the word embedding excluded (PAPER.md, "Memory
-columns"). The warm-up step makes the segment memory and Adam's state (a DEQ's runs its cell as a
-one-layer stack, which makes the same tensors in far less time). DEQ solves run to their caps: the
-official Broyden preallocates its whole history, so the cap is the real case. The scale is the
-preset's (:class:`deq.presets.MemoryScale`, sequence 150, batch 15): ``cpu`` the study's widths at the
-paper's depths, ``paper`` the paper's widths; ``smoke`` checks the plumbing.
+Every row of :data:`deq.rows.configs.CONFIGS` and :data:`VARIANTS` (each DEQ's lean mode and its floor,
+the cell as a one-layer weight-tied stack) trains two steps on Zipf (1/rank) random tokens, the shape of a
+frequency-sorted vocabulary (uniform ids would crowd the adaptive softmax's tail clusters); the second is
+measured with the word embedding excluded (PAPER.md, "Memory columns"). The warm-up step makes the segment
+memory and Adam's state (a DEQ's runs its cell as a one-layer stack: the same tensors in far less time).
+DEQ solves run to their caps: the official Broyden preallocates its whole history, so the cap is the real
+case. The scale is the preset's (:class:`deq.presets.MemoryScale`, sequence 150, batch 15): ``cpu`` the
+study's widths at the paper's depths, ``paper`` the paper's widths; ``smoke`` checks the plumbing.
 
-Where the scale names ``fit_batches`` (``paper``), every row is measured there too and each byte
-column is fitted with a line in the batch (a: the parameter state; b: activations, buffers and
-temporaries per sample). A row whose two steps at batch 15 would take more than :data:`DIRECT_BUDGET_S`
-(the largest fit batch's seconds, scaled) or, on the line, half the free memory (or that runs out of GPU
-memory) is reported from the line (``extrapolated``); the others are measured at 15, the line's error
-there beside them (``fit_error``, printed: the method's check). So ``--preset paper`` works on a CPU
+Where the scale names ``fit_batches`` (``paper``), every row is measured there too and each byte column is
+fitted with a line in the batch (a: the parameter state; b: activations, buffers and temporaries per
+sample). A row whose two steps at batch 15 would take more than :data:`DIRECT_BUDGET_S` (the largest fit
+batch's seconds, scaled) or, on the line, half the free memory (or that runs out of GPU memory) is reported
+from the line (``extrapolated``); the others are measured at 15, the line's error there beside them
+(``fit_error``, printed: the method's check). So ``--preset paper`` works on a CPU
 (``results/reference/cpu/memory_paper.csv``, ``make paper-memory``) and a GPU alike.
 
-Columns (:class:`MemoryRow`, :class:`StepMemory`):
-
-- ``memory_bytes``: the allocator's peak over forward + backward (:func:`deq.bench.common.measure_step`;
-  ``method`` names the counter) plus what was alive before the step apart from the embedding (weights,
-  Adam moments). The embedding is left out of the measured backward (with a softmax weight tied to it):
-  the dense gradient of a 267K-word embedding and its temporaries would be most of a small row's peak,
-  and subtracting its state afterwards does not remove them. The optimiser's update is left out too
-  (Adam's foreach kernels copy every parameter);
-- ``total_bytes``: an account of the parts, saved activations + the larger of the two solvers' buffers
-  computed from their code (:func:`deq.solvers.solver_buffer_bytes`) + the parameter state; it misses the
-  temporaries. Checkpointing hides its saves from the hooks, so a checkpointed row adds what it keeps,
-  every layer's input and one layer recomputed (``activation_method``).
+Columns (:class:`MemoryRow`, :class:`StepMemory`): ``memory_bytes``, the allocator's peak over forward +
+backward (:func:`deq.bench.common.measure_step`; ``method`` names the counter) plus what was alive before
+the step apart from the embedding (weights, Adam moments). The embedding is left out of the measured
+backward (with a softmax weight tied to it): the dense gradient of a 267K-word embedding and its
+temporaries would be most of a small row's peak. The optimiser's update is left out too (Adam's foreach
+kernels copy every parameter). ``total_bytes`` accounts for the parts: saved activations + the larger of
+the two solvers' buffers computed from their code (:func:`deq.solvers.solver_buffer_bytes`) + the
+parameter state; it misses the temporaries. Checkpointing hides its saves from the hooks, so a checkpointed
+row adds what it keeps, every layer's input and one layer recomputed (``activation_method``).
 
 Memory against effective depth is :mod:`deq.bench.depth`.
 """
@@ -62,15 +59,18 @@ PAIRS = {
     "wt103-deq-transformer-medium-adaptive": ("wt103-transformer-xl-medium-18-adaptive",),
     "wt103-deq-transformer-small": ("wt103-transformer-xl-small-4", "wt103-transformer-xl-small-tied-16"),
 }
-# Settings that decide what the paper's figures count: name -> (the row it varies, SolverSettings changes, what
-# it settles). V1 solves in subsequences of 50 (TrellisNet) or 75 (transformer); over the whole 150-token
-# segment, 45 Broyden pairs over the PTB DEQ-TrellisNet's 2 x 1400 x 150 x 15 float32 numbers are 2.3 GB.
-VARIANTS = {
-    "ptb-deq-trellisnet@whole-segment": ("ptb-deq-trellisnet", dict(subseq_len=0),
-                                         "v1 settings solved over the whole 150-token segment, no subsequences"),
-    "wt103-deq-transformer-medium@whole-segment": ("wt103-deq-transformer-medium", dict(subseq_len=0),
-                                                   "v1 settings solved over the whole 150-token segment"),
+# Rows beside the paper's, <row>@<kind>: kind -> (the change, what it settles). V1 solves in subsequences of 50
+# (TrellisNet) or 75 (transformer); over the whole 150-token segment, 45 Broyden pairs over the PTB DEQ-TrellisNet's
+# 2 x 1400 x 150 x 15 float32 numbers are 2.3 GB. The floor is the least any DEQ of the cell can hold.
+CHANGES = {
+    "whole-segment": (lambda c: replace(c, solver=replace(c.solver, subseq_len=0)),
+                      "v1 settings solved over the whole 150-token segment, no subsequences"),
+    "lean": (lambda c: replace(c, solver=c.solver.lean()), "lean memory mode (deq.settings.LEAN)"),
+    "floor": (lambda c: replace(c, driver="weight_tied", n_layer=1, solver=None, pretrain_steps=0),
+              "floor: the cell as a one-layer weight-tied stack"),
 }
+VARIANTS = {f"{deq}@{kind}": (deq, *CHANGES[kind]) for kind in CHANGES for deq in PAIRS
+            if kind != "whole-segment" or deq in ("ptb-deq-trellisnet", "wt103-deq-transformer-medium")}
 UNREACHABLE_TOL = 1e-30  # DEQ solves run to their caps
 DIRECT_BUDGET_S = 120.0  # seconds of a row's two steps at the target batch (on the fit) under which it is measured
 FIT_TOLERANCE = 0.02  # the largest error of the fit at the target batch the check accepts
@@ -109,10 +109,10 @@ class _SplitCounter(SavedActivations):
 def config_at(name: str, scale: MemoryScale) -> LMConfig:
     """Row (or variant) ``name`` at ``scale``: the preset's config, with the paper's depth if the scale keeps
     it, a DEQ's solves running to their caps."""
-    base, change, _ = VARIANTS.get(name, (name, {}, ""))
-    cfg = get_config(base, scale.preset, paper_depth=scale.paper_depth)
+    base, change, _ = VARIANTS.get(name, (name, lambda c: c, ""))
+    cfg = change(get_config(base, scale.preset, paper_depth=scale.paper_depth))
     if cfg.driver == "deq":
-        cfg = replace(cfg, solver=replace(cfg.solver, tol=UNREACHABLE_TOL, backward_tol=UNREACHABLE_TOL, **change))
+        cfg = replace(cfg, solver=replace(cfg.solver, tol=UNREACHABLE_TOL, backward_tol=UNREACHABLE_TOL))
     return cfg
 
 
@@ -210,8 +210,7 @@ def measure_row(cfg: LMConfig, scale: MemoryScale, device: str, steps: int = 2) 
         extra = cfg.n_layer * z.numel() * z.element_size() + one_layer.bytes_excluding
         activations, driver_activations = activations + extra, driver_activations + extra
         activation_method += " + checkpoint inputs (n_layer x z) + one layer recomputed"
-    fwd_iters = bwd_iters = None
-    fwd = bwd = 0
+    fwd_iters, bwd_iters, fwd, bwd = None, None, 0, 0
     if cfg.driver == "deq":
         fwd_iters, bwd_iters = out.info.forward.n_iter, out.info.backward and out.info.backward.n_iter
         fwd, bwd = deq_buffer_bytes(cfg.solver, scale.batch, scale.seq_len, model.driver.cell.d_state)
@@ -293,6 +292,8 @@ class MemoryRow:
     accounted_reduction: float | None = None  # ... total_bytes
     driver_reduction: float | None = None  # ... driver_bytes
     paper_reduction: float | None = None  # ... the paper's
+    lean_reduction: float | None = None  # 1 - the DEQ's lean mode (<deq>@lean) / this row, memory_bytes
+    floor_ratio: float | None = None  # a DEQ (or its lean mode): memory_bytes / its floor's (<deq>@floor)
 
 
 def measure(name: str, scale: MemoryScale, device: str) -> MemoryRow:
@@ -319,13 +320,12 @@ def measure(name: str, scale: MemoryScale, device: str) -> MemoryRow:
         verdict = "ok" if abs(error) <= FIT_TOLERANCE else f"ABOVE {FIT_TOLERANCE:.0%}"
         print(f"fit check {name}: {fitted.memory_bytes / 1e9:.3f} GB on the line, {step.memory_bytes / 1e9:.3f} GB "
               f"measured at batch {scale.batch}: {100 * error:+.2f}% ({verdict})", flush=True)
-    paper = CONFIGS.get(name)
     return MemoryRow(
         name, cfg.paper_table, cfg.driver, scale.label, scale.preset, cfg.n_layer, scale.seq_len, scale.batch,
         device_name(), cfg.solver.code if cfg.solver else "",
         cfg.solver.subseq_len if cfg.solver else None, VARIANTS[name][2] if name in VARIANTS else "",
         fitted if step is None else step, extrapolated, " ".join(map(str, scale.fit_batches)), *fit, error,
-        paper and paper.paper_memory_gb, " / ".join(PAIRS.get(name, ())))
+        name in CONFIGS and CONFIGS[name].paper_memory_gb or None, " / ".join(PAIRS.get(name, ())))
 
 
 def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None, md_path: str | Path | None = None,
@@ -333,24 +333,27 @@ def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None
     """Every row of CONFIGS and VARIANTS (or ``names``), in that order, at the preset's scale (or ``scale``,
     for tests). Prints the Markdown; writes CSV / Markdown when paths are given."""
     scale = scale or scales(preset).memory
-    grouped = {n for deq_name, counterparts in PAIRS.items() for n in (deq_name, *counterparts)}
-    if grouped != set(CONFIGS):
-        raise ValueError(f"PAIRS must cover CONFIGS exactly; differs by {sorted(grouped ^ set(CONFIGS))}")
     names = (*CONFIGS, *VARIANTS) if names is None else names
     unknown = sorted(set(names) - set(CONFIGS) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown row(s) {unknown}; choose from {[*CONFIGS, *VARIANTS]}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     measured = {name: measure(name, scale, device) for name in names}
+    peak = {name: row.step.memory_bytes for name, row in measured.items()}
     for deq_name, counterparts in PAIRS.items():
         for name in counterparts:
             if deq_name in measured and name in measured:
                 ours, theirs = measured[deq_name], measured[name]
                 theirs.deq = deq_name
-                theirs.reduction = 1 - ours.step.memory_bytes / theirs.step.memory_bytes
+                theirs.reduction = 1 - peak[deq_name] / peak[name]
                 theirs.accounted_reduction = 1 - ours.step.total_bytes / theirs.step.total_bytes
                 theirs.driver_reduction = 1 - ours.step.driver_bytes / theirs.step.driver_bytes
                 theirs.paper_reduction = 1 - ours.paper_memory_gb / theirs.paper_memory_gb
+            if f"{deq_name}@lean" in measured and name in measured:
+                measured[name].lean_reduction = 1 - peak[f"{deq_name}@lean"] / peak[name]
+        for name in (deq_name, f"{deq_name}@lean"):
+            if name in measured and f"{deq_name}@floor" in measured:
+                measured[name].floor_ratio = peak[name] / peak[f"{deq_name}@floor"]
     rows = list(measured.values())
     markdown = render_memory([columns(r) for r in rows], preset, (PROTOCOL_SEQ, PROTOCOL_BATCH), torch.__version__)
     print(markdown, flush=True)

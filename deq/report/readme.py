@@ -251,22 +251,25 @@ def solver_findings(by: dict, ratios: dict, cheap: dict, backward: dict) -> list
 # ---- memory at the paper's protocol --------------------------------------------------------------
 
 MEMORY_COLUMNS = ("name", "deq", "scale", "memory_bytes", "total_bytes", "driver_bytes", "reduction",
-                  "accounted_reduction", "driver_reduction", "paper_reduction", *PROVENANCE)
+                  "accounted_reduction", "driver_reduction", "paper_reduction", "lean_reduction", "floor_ratio",
+                  *PROVENANCE)
 
 
 def render_memory(frame: pd.DataFrame) -> str:
     rows = frame.set_index("name")
     lines = ["| DEQ | vs | scale | DEQ MB | explicit MB | measured reduction | accounted | driver only (accounted) "
-             "| paper |", "|---|---|---|---|---|---|---|---|---|"]
+             "| paper | lean DEQ MB | lean reduction |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame[frame.deq.fillna("") != ""].itertuples():
         lines.append(f"| {r.deq} | {r.name} | {r.scale} | {mb(rows.at[r.deq, 'memory_bytes'])} | "
                      f"{mb(r.memory_bytes)} | {pct(r.reduction)} | {pct(r.accounted_reduction)} | "
-                     f"{pct(r.driver_reduction)} | {pct(r.paper_reduction)} |")
+                     f"{pct(r.driver_reduction)} | {pct(r.paper_reduction)} | "
+                     f"{mb(rows.at[f'{r.deq}@lean', 'memory_bytes'])} | {pct(r.lean_reduction)} |")
     transformers = frame[frame.name.str.contains("transformer")]
     outside = (transformers.total_bytes - transformers.driver_bytes) / MB
     lines += ["", f"The driver-only column leaves out what both models of a pair pay outside the driver, chiefly the "
               f"softmax over the vocabulary: for the transformer rows {_span(outside, '.0f')} MB of the "
-              f"{_span(transformers.total_bytes / MB, '.0f')} MB accounted.", "", measured_by(frame, "memory")]
+              f"{_span(transformers.total_bytes / MB, '.0f')} MB accounted.", "", floor_finding(frame), "",
+              measured_by(frame, "memory")]
     return "\n".join(lines)
 
 
@@ -405,9 +408,23 @@ def render_runtime(frame: pd.DataFrame) -> str:
     return "\n".join(lines + ["", measured_by(frame, "runtime")])
 
 
+def floor_finding(frame: pd.DataFrame) -> str:
+    """Each DEQ row's peak, with its row's settings and in the lean mode, over its floor (``<deq>@floor``)."""
+    rows = frame.set_index("name")
+    deqs = list(dict.fromkeys(d for d in frame.deq.fillna("") if d))
+    standard = [rows.at[d, "floor_ratio"] for d in deqs]
+    lean = [rows.at[f"{d}@lean", "floor_ratio"] for d in deqs]
+    worst = max(lean)
+    return (f"Against each DEQ's floor (its cell as a one-layer weight-tied stack, the `@floor` rows), at the solvers' "
+            f"caps: the paper's settings hold {_span(standard, '.2f')}x the floor, the lean mode "
+            f"{_span(lean, '.2f')}x (goal <= {LEAN_GOAL:g}x: {'met' if worst <= LEAN_GOAL else 'NOT met'}; worst "
+            f"{deqs[lean.index(worst)]}).")
+
+
 # ---- memory at the paper's widths (make paper-memory) --------------------------------------------
 
 PAPER_MEMORY_COLUMNS = ("name", "deq", "memory_bytes", "paper_memory_gb", "reduction", "paper_reduction",
+                        "lean_reduction", "floor_ratio",
                         "extrapolated", "fit_error", "fit_batches", "batch", "param_state_bytes", "fwd_buffer_bytes",
                         "bwd_buffer_bytes", "variant_of", "device", "date", "revision", "torch", "method")
 
@@ -430,13 +447,14 @@ def render_paper_memory(frame: pd.DataFrame) -> str:
     frame = frame.assign(memory_gb=frame.memory_bytes / GB)
     rows = frame.set_index("name")
     first = frame.iloc[0]
-    lines = ["| DEQ | vs | DEQ GB, ours (paper) | explicit GB, ours (paper) | reduction, ours (paper) |",
-             "|---|---|---|---|---|"]
+    lines = ["| DEQ | vs | DEQ GB, ours (paper) | explicit GB, ours (paper) | reduction, ours (paper) | "
+             "lean DEQ GB | reduction, lean |", "|---|---|---|---|---|---|---|"]
     for deq_name, name in _pairs(frame):
-        d, e = rows.loc[deq_name], rows.loc[name]
+        d, e, lean = rows.loc[deq_name], rows.loc[name], rows.loc[f"{deq_name}@lean"]
         lines.append(f"| {deq_name}{_mark(d)} | {name}{_mark(e)} | {d.memory_gb:.2f} ({d.paper_memory_gb:g}) | "
                      f"{e.memory_gb:.2f} ({e.paper_memory_gb:g}) | {100 * e.reduction:.1f}% "
-                     f"({100 * e.paper_reduction:.1f}%) |")
+                     f"({100 * e.paper_reduction:.1f}%) | {lean.memory_gb:.2f}{_mark(lean)} | "
+                     f"{100 * e.lean_reduction:.1f}% |")
     lines += ["", "What each peak holds (GB at batch 15): the parameter state (weights and Adam moments, "
               "embedding excluded), the solver's history (Broyden's U and V at the cap, computed from its code), "
               "and the rest (activations, gradients, the backward's temporaries).", "",
@@ -473,7 +491,7 @@ def render_paper_memory_findings(frame: pd.DataFrame) -> str:
                 f"GB; the solver's history is {history}% of a DEQ-TrellisNet's peak")
     for name, r in rows[rows.variant_of.fillna("") != ""].iterrows():
         base = rows.loc[name.split("@")[0]]
-        if "trellis" in name:
+        if "trellis" in name and name.endswith("@whole-segment"):
             sentence += (f"; {base.name} solved over the whole segment (`{name}`) holds "
                          f"{_history_gb(r) / _history_gb(base):.1f} times the history ({_history_gb(r):.1f} GB) and "
                          f"{r.memory_gb / base.memory_gb:.1f} times the peak ({r.memory_gb:.2f} GB; the paper's "
@@ -488,7 +506,7 @@ def render_paper_memory_findings(frame: pd.DataFrame) -> str:
                          f"paper's {100 * r.paper_reduction:.1f}%")
     low = min(explicit, key=lambda r: r.reduction)
     out += [sentence + ".", f"- The smallest reduction: {low.deq} against {low.name}, {100 * low.reduction:.1f}% "
-            f"against the paper's {100 * low.paper_reduction:.1f}%."]
+            f"against the paper's {100 * low.paper_reduction:.1f}%.", "- " + floor_finding(frame)]
     return "\n".join(out)
 
 

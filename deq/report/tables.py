@@ -29,6 +29,10 @@ and the runtime benchmark's pairs. Columns of Tables 1-3 (one row per model, the
   ``paper_width_memory_how``: measured at batch 15 or extrapolated from smaller batches, where and how;
   ``paper_width_memory_reduction``: for an explicit row, 1 - DEQ / this row at those widths (beside
   ``paper_memory_reduction``);
+- ``lean_memory_mb`` / ``lean_memory_reduction``: the lean memory mode (:data:`deq.settings.LEAN`), the
+  memory benchmark's ``<deq>@lean`` row: on a DEQ row its peak, on an explicit row 1 - lean DEQ / this row;
+  ``paper_width_lean_memory_gb`` / ``paper_width_lean_reduction``: the same at the paper's widths (empty where
+  a file lacks the lean rows);
 - ``device``: where the run trained;
 - ``nonembedding_ratio``: for an explicit row, its DEQ counterpart's non-embedding parameters over its
   own (as built); ``paper_nonembedding_ratio``: the same from the paper's counts. The ``cpu`` model
@@ -70,7 +74,8 @@ MODEL_COLUMNS = ("model", "preset", "dataset", "params", "paper_params", "nonemb
                  "paper_nonembedding_params", "metric", "value", "paper_value", "test_tokens", "steps",
                  "peak_memory_mb", "memory_method", "memory_scale", "paper_memory_gb", "deq_counterpart",
                  "memory_reduction", "paper_memory_reduction", "paper_width_memory_gb", "paper_width_memory_how",
-                 "paper_width_memory_reduction", "solver_code", "device", "nonembedding_ratio",
+                 "paper_width_memory_reduction", "lean_memory_mb", "lean_memory_reduction", "paper_width_lean_memory_gb",
+                 "paper_width_lean_reduction", "solver_code", "device", "nonembedding_ratio",
                  "paper_nonembedding_ratio", "note")
 RUNTIME_COLUMNS = ("weights", "deq_model", "explicit_model", "phase", "ratio", "ratio_q1", "ratio_q3", "matched_ratio",
                    "paper_ratio", "goal", "device", "preset", "tokens")
@@ -201,6 +206,10 @@ def lm_table(number: int, runs: dict[str, Path], memory: pd.DataFrame, preset: s
             "deq_counterpart": _text(measured.get("deq")), "memory_reduction": _number(measured.get("reduction")),
             "paper_memory_reduction": _number(measured.get("paper_reduction")),
             **_paper_width(paper_memory, name),
+            "lean_memory_mb": _mb(_lean(memory, name)), "lean_memory_reduction": _number(measured.get("lean_reduction")),
+            "paper_width_lean_memory_gb": _lean(paper_memory, name, 1e9),
+            "paper_width_lean_reduction": None if paper_memory is None or name not in paper_memory.index
+            else _number(paper_memory.loc[name].get("lean_reduction")),
             "solver_code": config.get("official_code", "v1") if row.driver == "deq" else None,
             "device": result.get("device"), "nonembedding_ratio": None,
             "paper_nonembedding_ratio": None, "note": not_trained.get(name, ""),
@@ -246,8 +255,8 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
         lines += [f"## {TABLE_TITLES[number]}", "",
                   "| model | params (paper) | non-emb. (paper) | metric | measured | paper | steps | "
                   "peak memory MB (scale, method) | reduction | at paper widths: GB (paper GB) | "
-                  "reduction (paper) | device |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "reduction (paper) | lean mode: peak MB or reduction (paper widths) | device |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in tables[number].to_dict("records"):
             note = _text(r.get("note"))  # a row the preset does not train: the reason where the metric would be
             lines.append(
@@ -258,11 +267,13 @@ def render_markdown(tables: dict[int, pd.DataFrame], preset: str) -> str:
                 f"{_g(r['peak_memory_mb'])} ({r['memory_scale']}, {r['memory_method']}) | {_pct(r['memory_reduction'])} | "
                 f"{_g(r.get('paper_width_memory_gb'))}{_star(r.get('paper_width_memory_how'))} "
                 f"({_g(r['paper_memory_gb'])}) | {_pct(r.get('paper_width_memory_reduction'))} "
-                f"({_pct(r['paper_memory_reduction'])}) | {'–' if note else r['device']} |")
+                f"({_pct(r['paper_memory_reduction'])}) | {_lean_cell(r)} | {'–' if note else r['device']} |")
         lines.append("")
         lines.append("At paper widths: sequence 150, batch 15, embeddings excluded, measured by "
                      "`make paper-memory` (results/reference/cpu/memory_paper.csv); * extrapolated to batch 15 "
-                     "from smaller batches (peak = a + b x batch). Empty where that file is absent.")
+                     "from smaller batches (peak = a + b x batch). Empty where that file is absent. Lean mode: "
+                     "the DEQ with deq.settings.LEAN's solvers (README, Models), its peak on a DEQ row, the "
+                     "reduction of the lean DEQ against an explicit row.")
         lines.append("")
     lines += [f"## {TABLE_TITLES[4]}", "",
               "| weights | DEQ | explicit | phase | ratio [q1, q3] | at matched f calls | paper | goal | device | tokens |",
@@ -326,6 +337,20 @@ def _paper_width(paper_memory: pd.DataFrame | None, name: str) -> dict:
     return {"paper_width_memory_gb": float(r["memory_bytes"]) / 1e9,
             "paper_width_memory_how": f"{how} on {r['device']} ({r['method']}, {r['revision']})",
             "paper_width_memory_reduction": _number(r.get("reduction"))}
+
+
+def _lean(memory: pd.DataFrame | None, name: str, unit: float = 1.0) -> float | None:
+    """The peak of DEQ row ``name`` in the lean mode (its ``<name>@lean`` row) in ``unit`` bytes, where measured."""
+    lean = f"{name}@lean"
+    return None if memory is None or lean not in memory.index else float(memory.loc[lean, "memory_bytes"]) / unit
+
+
+def _lean_cell(r: dict) -> str:
+    if _number(r.get("lean_memory_mb")) is not None:
+        return f"{_g(r['lean_memory_mb'])} MB ({_g(r.get('paper_width_lean_memory_gb'))} GB)"
+    if _number(r.get("lean_memory_reduction")) is not None:
+        return f"{_pct(r['lean_memory_reduction'])} ({_pct(r.get('paper_width_lean_reduction'))})"
+    return "–"
 
 
 def _star(how) -> str:
