@@ -136,9 +136,11 @@ def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike,
                      paper_memory_csv: PathLike | None = None) -> None:
     """Memory columns of Tables 2-3: the paper's, ours at the paper's widths (``paper_memory_csv``, the
     committed :mod:`deq.bench.memory` CSV at the paper preset, where given) and ours at the study's scale, each as %
-    of its table's largest explicit model."""
+    of its table's largest explicit model. The ``@floor`` rows (a DEQ's cell as a one-layer stack, a bound rather
+    than a model) are left to the tables."""
     frame = _read_csv(memory_csv, ("name", "driver", "scale", "method"),
                       ("paper_table", "memory_bytes", "paper_memory_gb"))
+    frame = frame[~frame.name.str.endswith("@floor")].reset_index(drop=True)
     widths = _read_csv(paper_memory_csv, ("name", "method", "device", "revision", "extrapolated"),
                        ("memory_bytes",)).set_index("name") if paper_memory_csv else None
     frame["paper_width_bytes"] = (frame.name.map(widths.memory_bytes) if widths is not None and not widths.empty
