@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.run} ({r.mode}): valid loss {r.valid_loss:.4f}, test loss {r.test_loss:.4f}", flush=True)
         print(f"lean vs standard validation loss: {100 * rows[0].valid_rel_diff:+.2f}% (goal within "
               f"{GOAL_LOSS:.0%})", flush=True)
-        plot_training_curves({f"lean vs standard: {r.mode}": path for r, path in zip(rows, (args.standard, args.lean))},
+        group = f"{rows[0].row}, {rows[0].steps} steps, seed {rows[0].seed}"
+        plot_training_curves({f"{group}: {r.mode} ({r.solvers})": path
+                              for r, path in zip(rows, (args.standard, args.lean))},
                              args.figure, args.figure.with_suffix(".pdf"))
     _write(rows, args.out, argv, start)
     return 0
