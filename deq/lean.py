@@ -11,9 +11,16 @@ the relative difference to a second float64 gradient whose backward is solved by
 (:data:`CROSS_CHECK`: full-history Broyden instead of GMRES). The model runs in eval mode (no dropout, so the
 three see the same function) with the training solves' settings.
 
-``python -m deq.lean training STANDARD LEAN --out CSV --figure PNG``: two runs of the same row, budget and
-seed, one of them trained with ``lean: true``; their validation and test loss side by side, the relative
-difference of the validation loss, and their training curves on one panel.
+``python -m deq.lean twin RUN [--out DIR]`` trains the lean twin of a run: its ``config.yaml`` with ``lean: true``
+(same row, budget, seed and data), into ``results/lean/<preset>/<run>-lean`` by default (an existing
+checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN --out CSV --figure PNG``: the two runs'
+validation and test loss side by side, the relative difference of the validation loss, and their training
+curves on one panel.
+
+The committed evidence (``results/reference/cpu/lean_*``; README, Models) was made from the cpu study's
+trained DEQ-Transformer (``results/runs/cpu/wt103-deq-transformer-small-w64``) and, as the cpu study trains
+no TrellisNet, from a DEQ-TrellisNet trained at the cpu preset by ``python -m deq.train --config
+config/lean/ptb-deq-trellisnet-cpu.yaml --out results/lean/cpu/ptb-deq-trellisnet``; each with its twin.
 
 Both write CSVs stamped with the command, revision and date (:func:`deq.report.readme.provenance`).
 """
@@ -34,7 +41,7 @@ import torch
 from deq.evaluate import load_run
 from deq.settings import SolverSettings
 
-__all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "training_comparison"]
+__all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "train_twin", "training_comparison"]
 
 # The reference gradient's solves, in float64: a forward and a backward to a relative residual of 1e-10,
 # with caps far above what they need on a trained model (the CSV records what they reached).
@@ -157,6 +164,19 @@ def training_comparison(standard_dir: str | Path, lean_dir: str | Path) -> list[
                         diff, results[mode].get("train_step_peak_bytes")) for mode, path in runs.items()]
 
 
+def train_twin(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Train the run in ``run_dir`` again in the lean mode (module docstring); returns its folder."""
+    from deq.engine.config import load_config
+    from deq.train import train
+
+    cfg = load_config(Path(run_dir) / "config.yaml")  # written by deq.train
+    if cfg.lean:
+        raise ValueError(f"{run_dir} already trained with lean: true; give the standard run")
+    out = Path(out) if out is not None else Path("results", "lean", cfg.preset, f"{Path(run_dir).name}-lean")
+    train(replace(cfg, lean=True), out)
+    return out
+
+
 # ---- the command ------------------------------------------------------------------------------------
 
 def _write(rows: list, out: Path, argv: list[str], start: float) -> None:
@@ -180,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     accuracy.add_argument("runs", nargs="+", type=Path, help="trained DEQ run folders (results/runs/<preset>/<run>)")
     accuracy.add_argument("--batches", type=int, default=3, help="validation batches per run (default 3)")
     accuracy.add_argument("--out", type=Path, required=True, help="CSV to write")
+    twin = commands.add_parser("twin", help="train a run again with lean: true")
+    twin.add_argument("run", type=Path, help="the standard run's folder")
+    twin.add_argument("--out", type=Path, default=None, help="run folder (default results/lean/<preset>/<run>-lean)")
     training = commands.add_parser("training", help="a lean run against its standard twin")
     training.add_argument("standard", type=Path, help="the run trained with its row's settings")
     training.add_argument("lean", type=Path, help="the same run trained with lean: true")
@@ -187,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--figure", type=Path, required=True, help="PNG of both training curves (a PDF beside it)")
     args = parser.parse_args(argv)
     start = time.monotonic()
+    if args.command == "twin":
+        print(f"lean twin trained in {train_twin(args.run, args.out)}", flush=True)
+        return 0
     if args.command == "accuracy":
         if args.batches < 1:
             parser.error(f"--batches must be >= 1, got {args.batches}")

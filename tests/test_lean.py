@@ -39,15 +39,20 @@ def test_a_lean_run_keeps_its_rows_tolerances_and_caps_and_changes_only_the_solv
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
-    """A tiny DEQ trained twice on the same budget and seed: with its row's solvers, and lean."""
+    """A tiny DEQ trained twice on the same budget and seed: with its row's solvers, and lean (its twin)."""
     require_mirror("wikitext-2")
     root = tmp_path_factory.mktemp("lean")
-    runs = {}
-    for mode in ("standard", "lean"):
-        cfg = tiny(root, lean=mode == "lean")
-        runs[mode] = root / mode
-        train(cfg, runs[mode])
+    runs = {"standard": root / "standard", "lean": root / "lean"}
+    train(tiny(root), runs["standard"])
+    assert lean.main(["twin", str(runs["standard"]), "--out", str(runs["lean"])]) == 0
     return runs
+
+
+def test_the_twin_is_the_same_run_in_the_lean_mode_and_refuses_a_lean_run(twins):
+    standard, twin = (yaml.safe_load((twins[mode] / "config.yaml").read_text()) for mode in ("standard", "lean"))
+    assert twin == {**standard, "lean": True} and not standard["lean"]
+    with pytest.raises(ValueError, match="already trained with lean: true"):
+        lean.train_twin(twins["lean"], twins["lean"].parent / "again")
 
 
 def test_accuracy_writes_each_mode_against_the_reference_per_batch_with_its_command(twins, tmp_path):
@@ -87,3 +92,16 @@ def test_training_comparison_refuses_runs_that_differ_beyond_the_mode(twins, tmp
     (other / "config.yaml").write_text(yaml.safe_dump(to_dict(tiny(tmp_path, lean=True, seed=1))))
     with pytest.raises(ValueError, match="seed"):
         lean.training_comparison(twins["standard"], other)
+
+
+def test_the_committed_trellisnet_config_is_the_cpu_studys_recipe_for_300_steps():
+    # The TrellisNet checkpoint behind results/reference/cpu/lean_* is trained from this file: it must stay
+    # the recipe the cpu study would give that row (deq.study), shortened to 300 steps.
+    from dataclasses import replace
+
+    from deq.engine.config import load_config
+    from deq.provenance import REPO
+    from deq.study import _lm_run
+
+    recipe = _lm_run("ptb-deq-trellisnet", "cpu", "data", None, "v1").config
+    assert load_config(REPO / "config/lean/ptb-deq-trellisnet-cpu.yaml") == replace(recipe, max_steps=300)
