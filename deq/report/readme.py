@@ -415,10 +415,14 @@ def floor_finding(frame: pd.DataFrame) -> str:
     standard = [rows.at[d, "floor_ratio"] for d in deqs]
     lean = [rows.at[f"{d}@lean", "floor_ratio"] for d in deqs]
     worst = max(lean)
+    same = sum(rows.at[d, "memory_bytes"] == rows.at[f"{d}@lean", "memory_bytes"] for d in deqs)
     return (f"Against each DEQ's floor (its cell as a one-layer weight-tied stack, the `@floor` rows), at the solvers' "
             f"caps: the paper's settings hold {_span(standard, '.2f')}x the floor, the lean mode "
             f"{_span(lean, '.2f')}x (goal <= {LEAN_GOAL:g}x: {'met' if worst <= LEAN_GOAL else 'NOT met'}; worst "
-            f"{deqs[lean.index(worst)]}).")
+            f"{deqs[lean.index(worst)]})."
+            + (f" For {same} of {len(deqs)} DEQ rows the lean peak equals the row's to the byte: the step's peak is "
+               "set where neither solver's buffers are alive (the backward through f(z*) and the readout), so a "
+               "smaller history cannot lower it there." if same else ""))
 
 
 # ---- memory at the paper's widths (make paper-memory) --------------------------------------------
