@@ -105,3 +105,24 @@ def test_the_committed_trellisnet_config_is_the_cpu_studys_recipe_for_300_steps(
 
     recipe = _lm_run("ptb-deq-trellisnet", "cpu", "data", None, "v1").config
     assert load_config(REPO / "config/lean/ptb-deq-trellisnet-cpu.yaml") == replace(recipe, max_steps=300)
+
+
+def test_the_readme_blocks_judge_the_goals_on_the_worst_lean_batch():
+    # README's lean blocks state the goals (cosine >= 0.99, validation loss within 2%); one bad lean
+    # batch (or a standard batch, which is not judged) must move the verdict as it should.
+    from deq.report.readme import render_lean_accuracy, render_lean_training
+
+    stamp = dict(date="d", revision="r", torch="t", torchdeq="t", machine="m", command="c", wall_s=60.0)
+    rows = [dict(run="a", row="x", step=5, batch=b, mode=mode, solvers="s", cosine=0.999, rel_error=0.01,
+                 bwd_n_iter=3, bwd_rel_residual_max=1e-3, ref_fwd_rel_residual_max=1e-11,
+                 ref_bwd_rel_residual_max=1e-11, ref_agreement=1e-7, **stamp)
+            for b in (0, 1) for mode in ("standard", "lean")]
+    assert "(goal >= 0.99: met)" in render_lean_accuracy(pd.DataFrame(rows))
+    rows[1]["cosine"] = 0.98  # batch 0, lean
+    assert "(goal >= 0.99: NOT met)" in render_lean_accuracy(pd.DataFrame(rows))
+    rows[1]["cosine"], rows[0]["cosine"] = 0.999, 0.5  # batch 0, standard
+    assert "(goal >= 0.99: met)" in render_lean_accuracy(pd.DataFrame(rows))
+    runs = [dict(run=m, mode=m, row="x", steps=5, seed=0, solvers="s", valid_loss=5.0, test_loss=5.0,
+                 valid_rel_diff=diff, **stamp) for m in ("standard", "lean") for diff in (0.03,)]
+    assert "(goal within 2%: NOT met)" in render_lean_training(pd.DataFrame(runs))
+    assert "(goal within 2%: met)" in render_lean_training(pd.DataFrame(runs).assign(valid_rel_diff=-0.01))

@@ -139,7 +139,10 @@ def render_quickstart(frame: pd.DataFrame) -> str:
 GB = 1e9
 REMAKE = {name: f"python -m deq.report.readme measure {name}" for name in BENCHMARKS} | {
     "memory_paper": "python -m deq.report.readme measure memory --preset paper",
-    "quickstart": "python -m deq.report.readme time"}
+    "quickstart": "python -m deq.report.readme time",
+    "lean_accuracy": "python -m deq.lean accuracy RUN... --out results/reference/cpu/lean_accuracy.csv (deq.lean)",
+    "lean_training": "python -m deq.lean training STANDARD LEAN --out results/reference/cpu/lean_training.csv "
+                     "--figure results/reference/cpu/lean_training.png (deq.lean)"}
 
 
 def read_reference(name: str, needs: tuple[str, ...], root: Path) -> pd.DataFrame:
@@ -514,6 +517,47 @@ def render_paper_memory_findings(frame: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+# ---- the lean memory mode on trained models (python -m deq.lean) ---------------------------------
+
+LEAN_ACCURACY_COLUMNS = ("run", "row", "step", "batch", "mode", "solvers", "cosine", "rel_error", "bwd_n_iter",
+                         "bwd_rel_residual_max", "ref_fwd_rel_residual_max", "ref_bwd_rel_residual_max",
+                         "ref_agreement", *PROVENANCE)
+LEAN_TRAINING_COLUMNS = ("run", "mode", "row", "steps", "seed", "solvers", "valid_loss", "test_loss",
+                         "valid_rel_diff", *PROVENANCE)
+
+
+def render_lean_accuracy(frame: pd.DataFrame) -> str:
+    from deq.lean import GOAL_COSINE
+
+    lines = ["| run (row, steps) | mode: forward / backward | cosine to the reference, worst | relative error, "
+             "worst | backward iterations, residual (worst) |", "|---|---|---|---|---|"]
+    for (run, mode), rows in frame.groupby(["run", "mode"], sort=False):
+        r = rows.iloc[0]
+        lines.append(f"| {run} ({r.row}, {r.step}) | {mode}: {r.solvers} | {rows.cosine.min():.5f} | "
+                     f"{rows.rel_error.max():.1e} | {rows.bwd_n_iter.max()}, {rows.bwd_rel_residual_max.max():.1e} |")
+    worst = frame[frame["mode"] == "lean"].cosine.min()
+    lines += ["", f"{frame.batch.nunique()} validation batches per run; the reference is float64 with both solves "
+              f"to 1e-10 (reached: forward {frame.ref_fwd_rel_residual_max.max():.0e}, backward "
+              f"{frame.ref_bwd_rel_residual_max.max():.0e}), and a second float64 gradient whose backward is solved by "
+              f"Broyden lands within {frame.ref_agreement.max():.0e} of it. Lean mode: smallest cosine {worst:.5f} "
+              f"(goal >= {GOAL_COSINE:g}: {'met' if worst >= GOAL_COSINE else 'NOT met'}).", "",
+              measured_by(frame, "lean_accuracy")]
+    return "\n".join(lines)
+
+
+def render_lean_training(frame: pd.DataFrame) -> str:
+    from deq.lean import GOAL_LOSS
+
+    lines = ["| run | mode: forward / backward | steps, seed | validation loss | test loss |", "|---|---|---|---|---|"]
+    lines += [f"| {r.run} | {r.mode}: {r.solvers} | {r.steps}, {r.seed} | {r.valid_loss:.4f} | {r.test_loss:.4f} |"
+              for r in frame.itertuples()]
+    diff = frame.valid_rel_diff.iloc[0]
+    lines += ["", f"Lean against standard validation loss: {100 * diff:+.2f}% (goal within {GOAL_LOSS:.0%}: "
+              f"{'met' if abs(diff) <= GOAL_LOSS else 'NOT met'}); both training curves: "
+              f"`{REFERENCE}/lean_training.png`.", "", measured_by(frame, "lean_training")]
+    return "\n".join(lines)
+
+
 # ---- README: every block between its markers ------------------------------------------------------
 
 # block name -> (reference CSV, columns it reads, renderer)
@@ -525,6 +569,8 @@ BLOCKS = {
     "depth": ("depth", DEPTH_COLUMNS, render_depth),
     "runtime": ("runtime", RUNTIME_COLUMNS, render_runtime),
     "quickstart": ("quickstart", QUICKSTART_COLUMNS, render_quickstart),
+    "lean-accuracy": ("lean_accuracy", LEAN_ACCURACY_COLUMNS, render_lean_accuracy),
+    "lean-training": ("lean_training", LEAN_TRAINING_COLUMNS, render_lean_training),
 }
 MARKED = re.compile(r"<!-- ([a-z0-9-]+):start -->.*?<!-- \1:end -->", re.S)
 
