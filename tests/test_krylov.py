@@ -95,6 +95,22 @@ def test_a_sample_at_its_fixed_point_stays_there_without_nans():
     torch.testing.assert_close(z, z_star, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale", [0.0, 1e-30])
+def test_a_float32_sample_with_a_vanishing_right_hand_side_neither_fails_nor_touches_the_others(scale):
+    # A sample whose loss has (almost) no gradient: in float32 normalising its residual, or a new direction of
+    # it, overflows (1 / 1e-30) or divides 0 by 0, and the NaN reached the small least-squares solve, which
+    # raised (a trained DEQ-TrellisNet's lean backward did). It must stay finite, and the other samples
+    # must take exactly the path they take without it.
+    A, c, _ = linear_systems(radii=(0.5, 0.9, 0.7))
+    A, c = A.float(), c.float()
+    run = dict(solver="gmres", tol=1e-30, max_iter=30, stop_mode="rel", m=2)
+    reference, _ = deq.solve(affine(A, c), torch.zeros_like(c), **run)
+    c[1] *= scale
+    z, stats = deq.solve(affine(A, c), torch.zeros_like(c), **run)
+    assert torch.isfinite(z).all() and torch.isfinite(stats.abs_trace).all()
+    assert torch.equal(z[[0, 2]], reference[[0, 2]])
+
+
 # ---- the implicit backward ---------------------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ history is GMRES followed by a Picard step). It is therefore a valid forward sol
 tuned for one (no ridge, no damping); it is meant for the backward, where the map is affine in y.
 
 Robustness. A step along which GMRES learns nothing (c_j = 0: the sample has converged exactly or
-stagnates, or its values are not finite) would divide by zero; that sample's column becomes a unit
+stagnates, its values are not finite, or its new direction is so small that normalising it overflows the
+state's dtype: a float32 residual near 1e-30) would divide by zero; that sample's column becomes a unit
 column on a zero basis vector instead, which leaves its iterate where it is until the cycle restarts,
 and keeps H of full rank for every sample. Samples never share an inner product.
 
@@ -99,7 +100,9 @@ def gmres(
 def _start(r0: torch.Tensor, V: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Begin a cycle with residual ``r0`` (B, d): v_1 = r0 / ||r0||; returns (c, beta), c = [beta] (B, 1)."""
     beta = r0.norm(dim=1).double()  # (B,)
-    torch.div(r0, beta.clamp_min(torch.finfo(torch.float64).tiny).to(r0.dtype)[:, None], out=V[:, 0])
+    inverse = 1 / beta  # a zero basis vector where it is not finite in r0's dtype (r0 = 0, or near its smallest)
+    inverse = torch.where(inverse <= torch.finfo(r0.dtype).max, inverse, 0.0)
+    torch.mul(r0, inverse.to(r0.dtype)[:, None], out=V[:, 0])
     H.zero_()
     return beta[:, None], beta
 
@@ -123,12 +126,12 @@ def _arnoldi_column(V: torch.Tensor, H: torch.Tensor, n: int, c: torch.Tensor, d
     c_n = c[:, n]
     h = (c - a - torch.bmm(H[:, :n + 1, :n], c[:, :n, None]).squeeze(-1)) / c_n[:, None]  # (B, n+1)
     h_next = w_norm / c_n.abs()  # with v_{n+1} = -sign(c_n) w / ||w||
-    usable = ((c_n.abs() > _BREAKDOWN * c.norm(dim=1)) & (w_norm > 0)
+    scale = -torch.sign(c_n) / w_norm  # (B,); beyond the state's dtype for a residual near its smallest numbers
+    usable = ((c_n.abs() > _BREAKDOWN * c.norm(dim=1)) & (w_norm > 0) & (scale.abs() <= torch.finfo(V.dtype).max)
               & torch.isfinite(h).all(dim=1) & torch.isfinite(h_next))
     H[:, :n + 1, n] = torch.where(usable[:, None], h, 0.0)
     H[:, n + 1, n] = torch.where(usable, h_next, 1.0)  # breakdown: a unit column on a zero basis vector
-    scale = torch.where(usable, -torch.sign(c_n) / w_norm, 0.0).to(V.dtype)  # (B,)
-    torch.mul(w, scale[:, None], out=V[:, n + 1])
+    torch.mul(w, torch.where(usable, scale, 0.0).to(V.dtype)[:, None], out=V[:, n + 1])
 
 
 def _next_probe(H: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
