@@ -273,3 +273,18 @@ def test_each_deq_has_a_lean_row_and_a_floor_of_its_own_cell(protocol_rows):
         assert floor["n_params_nonembedding"] == row["n_params_nonembedding"], deq_name
         for r in (row, lean):
             assert r["floor_ratio"] == pytest.approx(r["memory_bytes"] / floor["memory_bytes"]), r["name"]
+
+
+def test_floor_ratio_compares_like_with_like():
+    # At the paper's widths a floor's line through batches 2 and 4 sat 19-25% under its peak measured at 15:
+    # a DEQ read off its line over a floor measured at 15 would look that much leaner than it is.
+    from types import SimpleNamespace
+
+    from deq.report.benchmarks import floor_ratio
+
+    def row(extrapolated, a, b):
+        return SimpleNamespace(extrapolated=extrapolated, fit_a_bytes=a, fit_b_bytes=b, batch=15)
+
+    fitted_deq, floor = row(True, 100.0, 10.0), row(False, 50.0, 5.0)  # lines: 250 and 125 at batch 15
+    assert floor_ratio(fitted_deq, floor, 250.0, 160.0) == 2.0  # not 250 / 160
+    assert floor_ratio(row(False, None, None), row(False, None, None), 300.0, 150.0) == 2.0

@@ -42,7 +42,7 @@ import torch
 from deq.bench.common import clock, columns, measure_step, scales, write_rows, zipf_tokens
 from deq.engine.memory import MemoryMonitor, SavedActivations, adam_state_bytes, device_name
 from deq.presets import MemoryScale
-from deq.report.benchmarks import render_memory
+from deq.report.benchmarks import floor_ratio, render_memory
 from deq.rows.build import build_model
 from deq.rows.configs import CONFIGS, LMConfig, get_config
 from deq.settings import SolverSettings
@@ -352,8 +352,8 @@ def run_memory_benchmark(preset: str = "cpu", csv_path: str | Path | None = None
             if f"{deq_name}@lean" in measured and name in measured:
                 measured[name].lean_reduction = 1 - peak[f"{deq_name}@lean"] / peak[name]
         for name in (deq_name, f"{deq_name}@lean"):
-            if name in measured and f"{deq_name}@floor" in measured:
-                measured[name].floor_ratio = peak[name] / peak[f"{deq_name}@floor"]
+            if name in measured and (floor := f"{deq_name}@floor") in measured:
+                measured[name].floor_ratio = floor_ratio(measured[name], measured[floor], peak[name], peak[floor])
     rows = list(measured.values())
     markdown = render_memory([columns(r) for r in rows], preset, (PROTOCOL_SEQ, PROTOCOL_BATCH), torch.__version__)
     print(markdown, flush=True)

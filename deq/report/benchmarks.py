@@ -17,12 +17,22 @@ import numpy as np
 from deq.presets import RuntimeScale, SolverScale
 
 __all__ = ["GOAL_DEPTH", "GOAL_REDUCTION", "LEAN_GOAL", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
-           "explicit_line", "fmt", "mb", "pct", "per_call_ratio", "render_depth", "render_memory", "render_runtime", "render_solvers",
+           "explicit_line", "floor_ratio", "fmt", "mb", "pct", "per_call_ratio", "render_depth", "render_memory", "render_runtime", "render_solvers",
            "solver_table", "solver_targets", "spread"]
 
 MB = 1e6
 GOAL_DEPTH, GOAL_REDUCTION = 16, 0.9  # the issue's goal: >= 90% below the explicit stack from depth 16
 LEAN_GOAL = 1.25  # the lean mode's goal: total <= 1.25 x the one-layer floor at every cap from 8 to 64
+
+
+def floor_ratio(row, floor, row_peak: float, floor_peak: float) -> float:
+    """A row's peak over its floor's, like with like: both measured, or where either was extrapolated, both
+    on their lines at the batch (``row`` and ``floor`` carry ``extrapolated``, ``fit_a_bytes``, ``fit_b_bytes``
+    and ``batch``). A one-layer stack's line can sit 25% under its peak measured at 15 (a small model's
+    fixed costs weigh more at batches 2 and 4), so a fitted row over a measured floor would flatter the row."""
+    if bool(row.extrapolated) or bool(floor.extrapolated):
+        return (row.fit_a_bytes + row.fit_b_bytes * row.batch) / (floor.fit_a_bytes + floor.fit_b_bytes * floor.batch)
+    return row_peak / floor_peak
 
 
 def fmt(value: object, spec: str = ".1f") -> str:
