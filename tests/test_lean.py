@@ -114,7 +114,7 @@ def test_the_readme_blocks_judge_the_goals_on_the_worst_lean_batch():
 
     stamp = dict(date="d", revision="r", torch="t", torchdeq="t", machine="m", command="c", wall_s=60.0)
     rows = [dict(run="a", row="x", step=5, batch=b, mode=mode, solvers="s", cosine=0.999, rel_error=0.01,
-                 bwd_n_iter=3, bwd_rel_residual_max=1e-3, ref_fwd_rel_residual_max=1e-11,
+                 fwd_rel_residual_max=1e-3, bwd_n_iter=3, bwd_rel_residual_max=1e-3, ref_fwd_rel_residual_max=1e-11,
                  ref_bwd_rel_residual_max=1e-11, ref_agreement=1e-7, **stamp)
             for b in (0, 1) for mode in ("standard", "lean")]
     assert "(goal >= 0.99: met)" in render_lean_accuracy(pd.DataFrame(rows))
