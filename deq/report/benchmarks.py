@@ -16,13 +16,15 @@ import numpy as np
 
 from deq.presets import RuntimeScale, SolverScale
 
-__all__ = ["GOAL_DEPTH", "GOAL_REDUCTION", "LEAN_GOAL", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
+__all__ = ["GOAL_COSINE", "GOAL_DEPTH", "GOAL_LOSS", "GOAL_REDUCTION", "LEAN_GOAL", "MB", "PAPER_WIDTH_CPU_NOTE", "best_possible_reduction", "bound", "depth_goals",
            "explicit_line", "floor_ratio", "fmt", "mb", "pct", "per_call_ratio", "render_depth", "render_memory", "render_runtime", "render_solvers",
            "solver_table", "solver_targets", "spread"]
 
 MB = 1e6
 GOAL_DEPTH, GOAL_REDUCTION = 16, 0.9  # the goal: >= 90% below the explicit stack from depth 16
 LEAN_GOAL = 1.25  # the lean mode's goal: total <= 1.25 x the one-layer floor at every cap from 8 to 64
+# ... and on trained models (deq.lean): gradient cosine to the reference >= 0.99; validation loss within 2%
+GOAL_COSINE, GOAL_LOSS = 0.99, 0.02
 
 
 def floor_ratio(row, floor, row_peak: float, floor_peak: float) -> float:

@@ -38,8 +38,8 @@ import pandas as pd
 
 from deq.io import atomic_write_text
 from deq.provenance import REPO, cpu_name, revision, version
-from deq.report.benchmarks import (GOAL_DEPTH, GOAL_REDUCTION, LEAN_GOAL, MB, bound, explicit_line, floor_ratio, fmt,
-                                   mb, pct, per_call_ratio, solver_table, spread)
+from deq.report.benchmarks import (GOAL_COSINE, GOAL_DEPTH, GOAL_LOSS, GOAL_REDUCTION, LEAN_GOAL, MB, bound,
+                                   explicit_line, floor_ratio, fmt, mb, pct, per_call_ratio, solver_table, spread)
 
 REFERENCE = Path("results/reference/cpu")  # relative to the repository root
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")  # python -m deq.bench NAME
@@ -529,8 +529,6 @@ LEAN_TRAINING_COLUMNS = ("run", "mode", "row", "steps", "seed", "solvers", "vali
 
 
 def render_lean_accuracy(frame: pd.DataFrame) -> str:
-    from deq.lean import GOAL_COSINE
-
     lines = ["| run (row, steps) | mode: forward / backward | cosine to the reference, per batch | relative error, "
              "worst | forward residual, worst | backward iterations, residual (worst) |", "|---|---|---|---|---|---|"]
     for (run, mode), rows in frame.groupby(["run", "mode"], sort=False):
@@ -550,8 +548,6 @@ def render_lean_accuracy(frame: pd.DataFrame) -> str:
 
 
 def render_lean_training(frame: pd.DataFrame) -> str:
-    from deq.lean import GOAL_LOSS
-
     lines = ["| run | mode: forward / backward | steps, seed | validation loss | test loss |", "|---|---|---|---|---|"]
     lines += [f"| {r.run} | {r.mode}: {r.solvers} | {r.steps}, {r.seed} | {r.valid_loss:.4f} | {r.test_loss:.4f} |"
               for r in frame.itertuples()]
