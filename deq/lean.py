@@ -40,7 +40,7 @@ import torch
 
 from deq.evaluate import load_run
 from deq.report.benchmarks import GOAL_COSINE, GOAL_LOSS
-from deq.settings import SolverSettings
+from deq.settings import SolverSettings, solver_name
 
 __all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "train_twin", "training_comparison"]
 
@@ -89,9 +89,7 @@ def _gradient(model, settings: SolverSettings, tokens: torch.Tensor, targets: to
 
 
 def _solvers(s: SolverSettings) -> str:
-    options = [f"{s.solver}{''.join(f' {k}={v}' for k, v in s.solver_options.items())}",
-               f"{s.backward_solver}{''.join(f' {k}={v}' for k, v in s.backward_options.items())}"]
-    return " / ".join(options)
+    return f"{solver_name(s.solver, s.solver_options)} / {solver_name(s.backward_solver, s.backward_options)}"
 
 
 def gradient_accuracy(run_dir: str | Path, n_batches: int = 3) -> list[GradientRow]:

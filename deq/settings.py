@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["BACKWARDS", "DEFAULTS", "LEAN", "SOLVER_OPTIONS", "STOP_MODES", "SolverSettings", "check_solver_args"]
+__all__ = ["BACKWARDS", "DEFAULTS", "LEAN", "SOLVER_OPTIONS", "STOP_MODES", "SolverSettings", "check_solver_args",
+           "solver_name"]
 
 SOLVER_OPTIONS = {
     "anderson": ("m", "lam", "beta"),
@@ -54,6 +55,15 @@ def check_solver_args(solver: str, tol: float, max_iter: int, stop_mode: str, op
 # the TrellisNet cell's forward solve above its backward.
 LEAN = dict(solver="anderson", eval_solver="anderson", solver_options={"m": 3}, backward_solver="gmres",
             backward_options={"m": 2})
+
+
+def solver_name(solver: str, options: dict) -> str:
+    """A solver and its options as the benchmarks' CSVs name them.
+
+    >>> solver_name("anderson", {"m": 3})
+    'anderson m=3'
+    """
+    return solver + "".join(f" {key}={value}" for key, value in sorted(options.items()))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from deq.models.drivers import DEQDriver
 from deq.report.benchmarks import render_depth
 from deq.rows.build import build_cell
 from deq.rows.configs import get_config
-from deq.settings import LEAN
+from deq.settings import LEAN, solver_name
 
 __all__ = ["DEPTHS", "DEPTH_ROWS", "DEQ_VARIANTS", "DepthRow", "run_depth_benchmark"]
 
@@ -130,8 +130,8 @@ def measure_depth(family: str, preset: str) -> list[DepthRow]:
             info, peak, wall, saved = point(DEQDriver(cell, settings, row.mem_len))
             fwd, bwd = deq_buffer_bytes(settings, B, T, cell.d_state)
             rows.append(DepthRow(
-                *base, f"deq-{name}", _solver_name(settings.solver, settings.solver_options),
-                _solver_name(settings.backward_solver, settings.backward_options), saved, fwd, bwd, peak,
+                *base, f"deq-{name}", solver_name(settings.solver, settings.solver_options),
+                solver_name(settings.backward_solver, settings.backward_options), saved, fwd, bwd, peak,
                 peak + held_before, saved + max(fwd, bwd) + param_state, info.forward.n_iter,
                 info.forward.n_iter == depth, info.backward.n_iter, info.forward.rel_residual.max().item(),
                 info.backward.rel_residual.max().item(), wall))
@@ -141,10 +141,6 @@ def measure_depth(family: str, preset: str) -> list[DepthRow]:
         r.reduction_accounted = 1 - r.accounted_bytes / stacks[r.depth].accounted_bytes
         r.floor_ratio = r.total_bytes / rows[0].total_bytes
     return rows
-
-
-def _solver_name(solver: str, options: dict) -> str:
-    return solver + "".join(f" {key}={value}" for key, value in sorted(options.items()))
 
 
 def run_depth_benchmark(preset: str = "cpu", csv_path: str | Path | None = None,

@@ -39,7 +39,7 @@ import pandas as pd
 from deq.io import atomic_write_text
 from deq.provenance import REPO, cpu_name, revision, version
 from deq.report.benchmarks import (GOAL_COSINE, GOAL_DEPTH, GOAL_LOSS, GOAL_REDUCTION, LEAN_GOAL, MB, bound,
-                                   explicit_line, floor_ratio, fmt, mb, pct, per_call_ratio, solver_table, spread)
+                                   explicit_line, fmt, mb, pct, per_call_ratio, solver_table, spread)
 
 REFERENCE = Path("results/reference/cpu")  # relative to the repository root
 BENCHMARKS = ("solvers", "memory", "depth", "runtime")  # python -m deq.bench NAME
@@ -254,8 +254,8 @@ def solver_findings(by: dict, ratios: dict, cheap: dict, backward: dict) -> list
 # ---- memory at the paper's protocol --------------------------------------------------------------
 
 MEMORY_COLUMNS = ("name", "deq", "scale", "memory_bytes", "total_bytes", "driver_bytes", "reduction",
-                  "accounted_reduction", "driver_reduction", "paper_reduction", "lean_reduction", "extrapolated",
-                  "fit_a_bytes", "fit_b_bytes", "batch", *PROVENANCE)
+                  "accounted_reduction", "driver_reduction", "paper_reduction", "lean_reduction", "floor_ratio",
+                  *PROVENANCE)
 
 
 def render_memory(frame: pd.DataFrame) -> str:
@@ -415,9 +415,7 @@ def floor_finding(frame: pd.DataFrame) -> str:
     """Each DEQ row's peak, with its row's settings and in the lean mode, over its floor (``<deq>@floor``)."""
     rows = frame.set_index("name")
     deqs = list(dict.fromkeys(d for d in frame.deq.fillna("") if d))
-    ratios = {name: floor_ratio(rows.loc[name], rows.loc[f"{d}@floor"], rows.at[name, "memory_bytes"],
-                                rows.at[f"{d}@floor", "memory_bytes"]) for d in deqs for name in (d, f"{d}@lean")}
-    standard, lean = [ratios[d] for d in deqs], [ratios[f"{d}@lean"] for d in deqs]
+    standard, lean = list(rows.floor_ratio[deqs]), list(rows.floor_ratio[[f"{d}@lean" for d in deqs]])
     worst = max(lean)
     same = sum(rows.at[d, "memory_bytes"] == rows.at[f"{d}@lean", "memory_bytes"] for d in deqs)
     return (f"Against each DEQ's floor (its cell as a one-layer weight-tied stack, the `@floor` rows; both measured, "
@@ -432,7 +430,7 @@ def floor_finding(frame: pd.DataFrame) -> str:
 # ---- memory at the paper's widths (make paper-memory) --------------------------------------------
 
 PAPER_MEMORY_COLUMNS = ("name", "deq", "memory_bytes", "paper_memory_gb", "reduction", "paper_reduction",
-                        "lean_reduction", "fit_a_bytes", "fit_b_bytes",
+                        "lean_reduction", "floor_ratio",
                         "extrapolated", "fit_error", "fit_batches", "batch", "param_state_bytes", "fwd_buffer_bytes",
                         "bwd_buffer_bytes", "variant_of", "device", "date", "revision", "torch", "method")
 
