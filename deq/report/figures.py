@@ -153,9 +153,10 @@ def plot_memory_bars(memory_csv: PathLike, png: PathLike, pdf: PathLike,
     fig.suptitle("Peak training memory (embeddings excluded): paper vs measured")
     at_widths = "not measured (no results/reference/cpu/memory_paper.csv)"
     if widths is not None and not widths.empty:
-        extrapolated = widths.extrapolated.astype(str).str.lower() == "true"
+        plotted = widths[widths.index.isin(frame.name)]  # the footnote counts the bars, not the @floor rows
+        extrapolated = plotted.extrapolated.astype(str).str.lower() == "true"
         at_widths = (f"{_values(widths.method)} on {_values(widths.device)}, revision {_values(widths.revision)}; "
-                     f"{int(extrapolated.sum())} of {len(widths)} rows extrapolated to batch 15 from smaller batches")
+                     f"{int(extrapolated.sum())} of {len(plotted)} rows extrapolated to batch 15 from smaller batches")
     note = (f"paper: sequence 150, batch 15, GPU and method not stated. Ours at paper widths (sequence 150, batch 15): "
             f"{at_widths}. Ours at the study's scale: method {_values(frame.method)}; scale {_values(frame.scale)}.")
     fig.supxlabel(textwrap.fill(note, 150), fontsize=8, color="0.3")
