@@ -59,8 +59,11 @@ def test_accuracy_writes_each_mode_against_the_reference_per_batch_with_its_comm
     out = tmp_path / "accuracy.csv"
     assert lean.main(["accuracy", str(twins["standard"]), "--batches", "2", "--out", str(out)]) == 0
     rows = pd.read_csv(out)
-    assert list(rows["mode"]) == ["standard", "lean"] * 2 and list(rows["batch"]) == [0, 0, 1, 1]
+    assert list(rows["mode"]) == ["standard", "lean", "lean backward"] * 2 and list(rows["batch"]) == [0] * 3 + [1] * 3
     assert set(rows.loc[rows["mode"] == "lean", "solvers"]) == {"anderson m=3 / gmres m=2"}
+    # the lean backward from a forward solved as the reference's: float32's floor, not the run's cap of 4
+    isolated = rows[rows["mode"] == "lean backward"]
+    assert set(isolated["solvers"]) == {"broyden / gmres m=2"} and (isolated["fwd_rel_residual_max"] < 1e-5).all()
     # The cross-check lands on the reference's gradient. (Tried: with both solved to 1e-3 they still agree at
     # this scale, so the committed CSV's ref_agreement on trained checkpoints is the real check. The run's
     # own caps, 4 iterations, leave both modes far from the reference: no accuracy goal at this scale.)
@@ -120,8 +123,13 @@ def test_the_readme_blocks_judge_the_goals_on_the_worst_lean_batch():
     assert "(goal >= 0.99: met)" in render_lean_accuracy(pd.DataFrame(rows))
     rows[1]["cosine"] = 0.98  # batch 0, lean
     assert "(goal >= 0.99: NOT met)" in render_lean_accuracy(pd.DataFrame(rows))
+    assert "Below it: a batch 0 (lean forward residual 1.0e-03 at its cap; standard 0.99900)" in \
+        render_lean_accuracy(pd.DataFrame(rows))
     rows[1]["cosine"], rows[0]["cosine"] = 0.999, 0.5  # batch 0, standard
     assert "(goal >= 0.99: met)" in render_lean_accuracy(pd.DataFrame(rows))
+    assert "Below it" not in render_lean_accuracy(pd.DataFrame(rows))
+    rows.append({**rows[1], "mode": "lean backward", "cosine": 0.9995})
+    assert "(mode `lean backward`): smallest cosine 0.99950" in render_lean_accuracy(pd.DataFrame(rows))
     runs = [dict(run=m, mode=m, row="x", steps=5, seed=0, solvers="s", valid_loss=5.0, test_loss=5.0,
                  valid_rel_diff=diff, **stamp) for m in ("standard", "lean") for diff in (0.03,)]
     assert "(goal within 2%: NOT met)" in render_lean_training(pd.DataFrame(runs))
