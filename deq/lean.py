@@ -15,9 +15,9 @@ eval mode (no dropout, so the three see the same function) with the training sol
 
 ``python -m deq.lean twin RUN [--out DIR]`` trains the lean twin of a run: its ``config.yaml`` with ``lean: true``
 (same row, budget, seed and data), into ``results/lean/<preset>/<run>-lean`` by default (an existing
-checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN --out CSV --figure PNG``: the two runs'
-validation and test loss side by side, the relative difference of the validation loss, and their training
-curves on one panel.
+checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN [STANDARD LEAN ...] --out CSV --figure
+PNG``: each pair's validation and test loss side by side, the relative difference of the validation loss, and
+their training curves on one panel per pair.
 
 The committed evidence (``results/reference/cpu/lean_*``; README, Models) was made from the cpu study's
 trained DEQ-Transformer (``results/runs/cpu/wt103-deq-transformer-small-w64``) and, as the cpu study trains
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     twin = commands.add_parser("twin", help="train a run again with lean: true")
     twin.add_argument("run", type=Path, help="the standard run's folder")
     twin.add_argument("--out", type=Path, default=None, help="run folder (default results/lean/<preset>/<run>-lean)")
-    training = commands.add_parser("training", help="a lean run against its standard twin")
-    training.add_argument("standard", type=Path, help="the run trained with its row's settings")
-    training.add_argument("lean", type=Path, help="the same run trained with lean: true")
+    training = commands.add_parser("training", help="lean runs against their standard twins")
+    training.add_argument("runs", nargs="+", type=Path, metavar="STANDARD LEAN",
+                          help="pairs: a run trained with its row's settings, then its twin trained with lean: true")
     training.add_argument("--out", type=Path, required=True, help="CSV to write")
     training.add_argument("--figure", type=Path, required=True, help="PNG of both training curves (a PDF beside it)")
     args = parser.parse_args(argv)
@@ -235,15 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from deq.report.figures import plot_training_curves
 
-        rows = training_comparison(args.standard, args.lean)
-        for r in rows:
-            print(f"{r.run} ({r.mode}): valid loss {r.valid_loss:.4f}, test loss {r.test_loss:.4f}", flush=True)
-        print(f"lean vs standard validation loss: {100 * rows[0].valid_rel_diff:+.2f}% (goal within "
-              f"{GOAL_LOSS:.0%})", flush=True)
-        group = f"{rows[0].row}, {rows[0].steps} steps, seed {rows[0].seed}"
-        plot_training_curves({f"{group}: {r.mode} ({r.solvers})": path
-                              for r, path in zip(rows, (args.standard, args.lean))},
-                             args.figure, args.figure.with_suffix(".pdf"))
+        if len(args.runs) % 2:
+            parser.error(f"training takes pairs STANDARD LEAN; got {len(args.runs)} folders: "
+                         f"{' '.join(map(str, args.runs))}")
+        rows, curves = [], {}
+        for standard, lean in zip(args.runs[::2], args.runs[1::2]):
+            pair = training_comparison(standard, lean)
+            for r, path in zip(pair, (standard, lean)):
+                print(f"{r.run} ({r.mode}): valid loss {r.valid_loss:.4f}, test loss {r.test_loss:.4f}", flush=True)
+                curves[f"{r.row}, {r.steps} steps, seed {r.seed}: {r.mode} ({r.solvers})"] = path
+            print(f"lean vs standard validation loss: {100 * pair[0].valid_rel_diff:+.2f}% (goal within "
+                  f"{GOAL_LOSS:.0%})", flush=True)
+            rows += pair
+        plot_training_curves(curves, args.figure, args.figure.with_suffix(".pdf"))
     _write(rows, args.out, argv, start)
     return 0
 

@@ -89,6 +89,17 @@ def test_training_comparison_reports_the_relative_validation_loss_and_plots_both
     assert figure.stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
 
 
+def test_training_takes_pairs_and_names_an_odd_count(twins, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lean.main(["training", str(twins["standard"]), str(twins["lean"]), str(twins["standard"]),
+                   "--out", str(tmp_path / "t.csv"), "--figure", str(tmp_path / "t.png")])
+    assert "takes pairs STANDARD LEAN; got 3 folders" in capsys.readouterr().err
+    out = tmp_path / "two.csv"
+    lean.main(["training", *[str(twins[m]) for m in ("standard", "lean")] * 2, "--out", str(out),
+               "--figure", str(tmp_path / "two.png")])
+    assert list(pd.read_csv(out)["mode"]) == ["standard", "lean"] * 2
+
+
 def test_training_comparison_refuses_runs_that_differ_beyond_the_mode(twins, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -134,3 +145,7 @@ def test_the_readme_blocks_judge_the_goals_on_the_worst_lean_batch():
                  valid_rel_diff=diff, **stamp) for m in ("standard", "lean") for diff in (0.03,)]
     assert "(goal within 2%: NOT met)" in render_lean_training(pd.DataFrame(runs))
     assert "(goal within 2%: met)" in render_lean_training(pd.DataFrame(runs).assign(valid_rel_diff=-0.01))
+    # two pairs: each pair's difference is named, and one pair out of the goal fails the verdict
+    second = [dict(r, row="y", valid_rel_diff=-0.01) for r in runs]
+    block = render_lean_training(pd.DataFrame(runs + second))
+    assert "x +3.00%, y -1.00% (goal within 2%: NOT met)" in block
