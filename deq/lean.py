@@ -1,11 +1,12 @@
 """The lean memory mode's evidence on trained models (:data:`deq.settings.LEAN`; its memory is the depth
 benchmark's ``lean`` and ``floor`` rows).
 
-``python -m deq.lean accuracy RUN... --out CSV``: on validation batches of each trained DEQ run, the
-gradient of the training loss with respect to every parameter, computed three ways on the same checkpoint
-and batch: ``standard`` (the run's own solver settings, as it trained), ``lean`` (the same settings in the
-lean mode) and the reference (float64, forward and backward solved to a per-sample relative residual of 1e-10:
-:data:`REFERENCE`). Each row gives a mode's cosine to the reference and its relative error
+``python -m deq.lean accuracy RUN... --out CSV``: on validation batches of each trained DEQ run (consecutive
+segments, each attending to the previous one's memory as in training; a stream's first segment, which has
+none, only makes the memory), the gradient of the training loss with respect to every parameter, computed
+three ways on the same checkpoint and batch: ``standard`` (the run's own solver settings, as it trained),
+``lean`` (the same settings in the lean mode) and the reference (float64, forward and backward solved to a
+per-sample relative residual of 1e-10: :data:`REFERENCE`). Each row gives a mode's cosine to the reference and its relative error
 ||g - g_ref|| / ||g_ref||, with what its solves reached; ``ref_agreement`` is the reference's own error,
 the relative difference to a second float64 gradient whose forward and backward are solved by other
 methods (:data:`CROSS_CHECK`: plain iteration instead of Broyden, Broyden instead of GMRES). A third mode,
@@ -88,10 +89,11 @@ class GradientRow:
     loss: float  # the batch's training loss under this mode
 
 
-def _gradient(model, settings: SolverSettings, tokens: torch.Tensor, targets: torch.Tensor, aux_weight: float):
+def _gradient(model, settings: SolverSettings, tokens: torch.Tensor, targets: torch.Tensor, memory,
+              aux_weight: float):
     """(flat float64 gradient of the training loss over every parameter, EquilibriumInfo, loss)."""
     model.zero_grad(set_to_none=True)
-    out = model(tokens, targets, None, settings=settings)
+    out = model(tokens, targets, memory, settings=settings)
     loss = out.loss if out.aux_loss is None else out.loss + aux_weight * out.aux_loss
     loss.backward()
     flat = [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double() for p in model.parameters()]
@@ -104,7 +106,8 @@ def _solvers(s: SolverSettings) -> str:
 
 def gradient_accuracy(run_dir: str | Path, n_batches: int = 3) -> list[GradientRow]:
     """The standard and lean gradients of a trained DEQ run against the float64 reference (module docstring),
-    on its first ``n_batches`` validation batches of the shape it trained on."""
+    on validation segments 1 to ``n_batches`` of the shape it trained on, each with the previous segment's
+    memory as training carries it (the reference's, so every mode sees the same function)."""
     from deq.data import batchify, prepare
     from deq.models.drivers import DEQDriver
 
@@ -119,20 +122,33 @@ def gradient_accuracy(run_dir: str | Path, n_batches: int = 3) -> list[GradientR
     reference_model = copy.deepcopy(model).double()
     corpus = prepare(cfg.dataset or row.dataset, cfg.data_root, cfg.data_mirror)
     streams, T = batchify(corpus.valid, cfg.batch_size), cfg.tgt_len
-    rows = []
-    for i in range(n_batches):
+    rows, memory = [], None
+    for i in range(n_batches + 1):
         tokens, targets = streams[:, i * T:(i + 1) * T], streams[:, i * T + 1:(i + 1) * T + 1]
-        g_ref, ref, _ = _gradient(reference_model, reference, tokens, targets, row.aux_weight)
-        agreement = ((_gradient(reference_model, check, tokens, targets, row.aux_weight)[0] - g_ref).norm()
-                     / g_ref.norm()).item()
-        for mode, settings in modes.items():
-            g, info, loss = _gradient(model, settings, tokens, targets, row.aux_weight)
-            rows.append(GradientRow(
-                Path(run_dir).name, row.name, step, i, mode, _solvers(settings),
-                torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item(),
-                ((g - g_ref).norm() / g_ref.norm()).item(), info.forward.nfe, info.forward.rel_residual.max().item(),
-                info.backward.n_iter, info.backward.rel_residual.max().item(),
-                ref.forward.rel_residual.max().item(), ref.backward.rel_residual.max().item(), agreement, loss))
+        if i > 0:  # segment 0 only makes the memory the first batch attends to, as a stream's start in training
+            rows += _batch_rows(run_dir, row, step, i, modes, model, reference_model, reference, check, tokens,
+                                targets, memory)
+        with torch.no_grad():  # the next segment's memory, from the reference's equilibrium: the same for all
+            memory = reference_model(tokens, targets, memory, settings=reference).memory
+    return rows
+
+
+def _batch_rows(run_dir, row, step, batch, modes, model, reference_model, reference, check, tokens, targets,
+                memory) -> list[GradientRow]:
+    """One batch's rows: each mode against the float64 reference, with the same float64 ``memory``."""
+    single = tuple(m.float() for m in memory)
+    g_ref, ref, _ = _gradient(reference_model, reference, tokens, targets, memory, row.aux_weight)
+    agreement = ((_gradient(reference_model, check, tokens, targets, memory, row.aux_weight)[0] - g_ref).norm()
+                 / g_ref.norm()).item()
+    rows = []
+    for mode, settings in modes.items():
+        g, info, loss = _gradient(model, settings, tokens, targets, single, row.aux_weight)
+        rows.append(GradientRow(
+            Path(run_dir).name, row.name, step, batch, mode, _solvers(settings),
+            torch.nn.functional.cosine_similarity(g, g_ref, dim=0).item(),
+            ((g - g_ref).norm() / g_ref.norm()).item(), info.forward.nfe, info.forward.rel_residual.max().item(),
+            info.backward.n_iter, info.backward.rel_residual.max().item(),
+            ref.forward.rel_residual.max().item(), ref.backward.rel_residual.max().item(), agreement, loss))
     return rows
 
 

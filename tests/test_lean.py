@@ -59,7 +59,7 @@ def test_accuracy_writes_each_mode_against_the_reference_per_batch_with_its_comm
     out = tmp_path / "accuracy.csv"
     assert lean.main(["accuracy", str(twins["standard"]), "--batches", "2", "--out", str(out)]) == 0
     rows = pd.read_csv(out)
-    assert list(rows["mode"]) == ["standard", "lean", "lean backward"] * 2 and list(rows["batch"]) == [0] * 3 + [1] * 3
+    assert list(rows["mode"]) == ["standard", "lean", "lean backward"] * 2 and list(rows["batch"]) == [1] * 3 + [2] * 3
     assert set(rows.loc[rows["mode"] == "lean", "solvers"]) == {"anderson m=3 / gmres m=2"}
     # the lean backward from a forward solved as the reference's: float32's floor, not the run's cap of 4
     isolated = rows[rows["mode"] == "lean backward"]
