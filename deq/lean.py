@@ -6,19 +6,20 @@ segments, each attending to the previous one's memory as in training; a stream's
 none, only makes the memory), the gradient of the training loss with respect to every parameter, computed
 three ways on the same checkpoint and batch: ``standard`` (the run's own solver settings, as it trained),
 ``lean`` (the same settings in the lean mode) and the reference (float64, forward and backward solved to a
-per-sample relative residual of 1e-10: :data:`REFERENCE`). Each row gives a mode's cosine to the reference and its relative error
-||g - g_ref|| / ||g_ref||, with what its solves reached; ``ref_agreement`` is the reference's own error,
-the relative difference to a second float64 gradient whose forward and backward are solved by other
-methods (:data:`CROSS_CHECK`: plain iteration instead of Broyden, Broyden instead of GMRES). A third mode,
-``lean backward``, is the lean backward solve from a converged forward (:data:`CONVERGED_FORWARD`): where
-``lean`` misses the reference, it tells the implicit gradient's error from the forward's. The model runs in
-eval mode (no dropout, so the three see the same function) with the training solves' settings.
+per-sample relative residual of 1e-10: :data:`REFERENCE`). Each row gives a mode's cosine to the reference
+and its relative error ||g - g_ref|| / ||g_ref||, with what its solves reached; ``ref_agreement`` is the
+reference's own error, the relative difference to a second float64 gradient whose forward and backward are
+solved by other methods (:data:`CROSS_CHECK`: plain iteration instead of Broyden, Broyden instead of GMRES).
+A third mode, ``lean backward``, is the lean backward solve from a converged forward
+(:data:`CONVERGED_FORWARD`): where ``lean`` misses the reference, it tells the implicit gradient's error
+from the forward's. The model runs in eval mode (no dropout, so the three see the same function) with the
+training solves' settings.
 
-``python -m deq.lean twin RUN [--out DIR]`` trains the lean twin of a run: its ``config.yaml`` with ``lean: true``
-(same row, budget, seed and data), into ``results/lean/<preset>/<run>-lean`` by default (an existing
-checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN [STANDARD LEAN ...] --out CSV --figure
-PNG``: each pair's validation and test loss side by side, the relative difference of the validation loss, and
-their training curves on one panel per pair.
+``python -m deq.lean twin RUN [--out DIR]`` trains the lean twin of a run: its ``config.yaml`` with ``lean:
+true`` (same row, budget, seed and data), into ``results/lean/<preset>/<run>-lean`` by default (an existing
+checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN [STANDARD LEAN ...] --out CSV
+--figure PNG``: each pair's validation and test loss side by side, the relative difference of the validation
+loss, and their training curves on one panel per pair.
 
 The committed evidence (``results/reference/cpu/lean_*``; README, Models) was made from the cpu study's
 trained DEQ-Transformer (``results/runs/cpu/wt103-deq-transformer-small-w64``) and, as the cpu study trains
