@@ -27,11 +27,16 @@ def git(*args: str, checkout: Path = REPO) -> str | None:
 
 
 def revision(checkout: Path = REPO) -> str:
-    """The short revision of ``checkout``, with '+dirty' where tracked files differ from it; 'unknown' without git."""
+    """The short revision of ``checkout``, with '+dirty' where tracked files differ from it; 'unknown' without git.
+
+    Files under ``results/`` do not count: they are what commands write (the committed reference CSVs and
+    figures), not the code that writes them, so a command run after another has rewritten its CSV still
+    names a clean revision.
+    """
     head = git("rev-parse", "--short", "HEAD", checkout=checkout)
     if head is None:
         return "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", checkout=checkout)
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", checkout=checkout)
     return head.strip() + ("+dirty" if dirty and dirty.strip() else "")
 
 
