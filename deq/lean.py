@@ -21,6 +21,10 @@ checkpoint there resumes). ``python -m deq.lean training STANDARD LEAN [STANDARD
 --figure PNG``: each pair's validation and test loss side by side, the relative difference of the validation
 loss, and their training curves on one panel per pair.
 
+``python -m deq.lean widths --out CSV``: the lean mode's memory against its floor at the paper's widths for
+each cap from 8 to 64 (:func:`width_memory`): the depth benchmark's points at batches 2 and 4, read at batch 15
+on their lines, as the paper-memory benchmark extrapolates.
+
 The committed evidence (``results/reference/cpu/lean_*``; README, Models) was made from the cpu study's
 trained DEQ-Transformer (``results/runs/cpu/wt103-deq-transformer-small-w64``) and, as the cpu study trains
 no TrellisNet, from a DEQ-TrellisNet trained at the cpu preset by ``python -m deq.train --config
@@ -43,7 +47,7 @@ from pathlib import Path
 import torch
 
 from deq.evaluate import load_run
-from deq.report.benchmarks import GOAL_COSINE, GOAL_LOSS
+from deq.report.benchmarks import GOAL_COSINE, GOAL_LOSS, LEAN_GOAL
 from deq.settings import SolverSettings, solver_name
 
 __all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "train_twin", "training_comparison"]
@@ -203,6 +207,53 @@ def train_twin(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+@dataclass
+class WidthRow:
+    """One cell, cap and model at a preset's widths, on its line in the batch: a row of the widths CSV."""
+
+    family: str
+    row: str  # the registry row whose cell is used (deq.bench.depth.DEPTH_ROWS)
+    d_state: int
+    seq_len: int
+    batch: int  # the batch the line is read at (the preset's depth batch)
+    cap: int  # the DEQ's forward cap, the explicit stack's depth, 1 for the floor
+    model: str  # 'deq-lean', 'explicit' or 'floor' (the one-layer stack)
+    batches: str  # the batches measured, space-separated
+    fit_a_bytes: float  # total bytes = a + b x batch through the measured points (least squares)
+    fit_b_bytes: float
+    total_bytes: int  # a + b x batch: peak of the step, weights and Adam moments (deq.bench.depth's total)
+    floor_ratio: float  # total / the floor's total, both on their lines
+    ran_to_cap: bool  # every measured solve ran to its cap
+
+
+def width_memory(preset: str = "paper", caps: tuple[int, ...] = (8, 16, 32, 64),
+                 batches: tuple[int, ...] = (2, 4)) -> list[WidthRow]:
+    """The lean mode's memory against the floor at ``preset``'s widths, for each cap of ``caps``: the depth
+    benchmark's ``lean``, ``explicit`` and ``floor`` points (:func:`deq.bench.depth.measure_depth`) measured at
+    ``batches``, each model's line read at the preset's batch, as the paper-memory benchmark extrapolates."""
+    from deq.bench.common import scales
+    from deq.bench.depth import DEPTH_ROWS, measure_depth
+    from deq.bench.memory import fit_line
+    from deq.settings import LEAN
+
+    target = scales(preset).depth.batch
+    rows = []
+    for family in DEPTH_ROWS:
+        points: dict[tuple[str, int], dict] = {}
+        for batch in batches:
+            for r in measure_depth(family, preset, caps, {"lean": LEAN}, batch):
+                points.setdefault((r.model, r.depth), {})[batch] = r
+        lines = {key: fit_line({b: r.total_bytes for b, r in at.items()}) for key, at in points.items()}
+        floor = lines["floor", 1][0] + lines["floor", 1][1] * target
+        for (model, cap), at in points.items():
+            a, b = lines[model, cap]
+            first = next(iter(at.values()))
+            rows.append(WidthRow(family, first.row, first.d_state, first.seq_len, target, cap, model,
+                                 " ".join(map(str, at)), a, b, round(a + b * target), (a + b * target) / floor,
+                                 all(r.iters_eq_cap for r in at.values())))
+    return rows
+
+
 # ---- the command ------------------------------------------------------------------------------------
 
 def _write(rows: list, out: Path, argv: list[str], start: float) -> None:
@@ -234,12 +285,27 @@ def main(argv: list[str] | None = None) -> int:
                           help="pairs: a run trained with its row's settings, then its twin trained with lean: true")
     training.add_argument("--out", type=Path, required=True, help="CSV to write")
     training.add_argument("--figure", type=Path, required=True, help="PNG of both training curves (a PDF beside it)")
+    widths = commands.add_parser("widths", help="lean memory against the floor at the paper's widths, per cap")
+    widths.add_argument("--preset", default="paper", help="whose widths and batch (default paper)")
+    widths.add_argument("--caps", type=int, nargs="+", default=[8, 16, 32, 64], help="forward caps")
+    widths.add_argument("--batches", type=int, nargs="+", default=[2, 4], help="batches the lines go through")
+    widths.add_argument("--out", type=Path, required=True, help="CSV to write")
     args = parser.parse_args(argv)
     start = time.monotonic()
     if args.command == "twin":
         print(f"lean twin trained in {train_twin(args.run, args.out)}", flush=True)
         return 0
-    if args.command == "accuracy":
+    if args.command == "widths":
+        if len(set(args.batches)) < 2 or min(args.batches + args.caps) < 1:
+            parser.error(f"--batches needs two or more different batches >= 1 and --caps caps >= 1; got "
+                         f"--batches {args.batches} --caps {args.caps}")
+        rows = width_memory(args.preset, tuple(args.caps), tuple(args.batches))
+        lean = [r for r in rows if r.model == "deq-lean"]
+        for r in lean:
+            print(f"{r.row} cap {r.cap}: lean {r.total_bytes / 1e9:.3f} GB = {r.floor_ratio:.3f}x the floor "
+                  f"(batch {r.batch}, line through batches {r.batches})", flush=True)
+        print(f"lean / floor, worst: {max(r.floor_ratio for r in lean):.3f}x (goal <= {LEAN_GOAL})", flush=True)
+    elif args.command == "accuracy":
         if args.batches < 1:
             parser.error(f"--batches must be >= 1, got {args.batches}")
         rows = [r for run in args.runs for r in gradient_accuracy(run, args.batches)]

@@ -91,15 +91,15 @@ class DepthRow:
     floor_ratio: float = 0.0  # total / the floor's total
 
 
-def measure_depth(family: str, preset: str) -> list[DepthRow]:
-    """Explicit weight-tied stack vs DEQ variants of one family's cell at every depth of DEPTHS."""
+def measure_depth(family: str, preset: str, depths=DEPTHS, variants=DEQ_VARIANTS, batch=None) -> list[DepthRow]:
+    """Explicit weight-tied stack vs DEQ ``variants`` of one family's cell at ``depths`` (``batch``: the preset's)."""
     setting = scales(preset).depth
     row = get_config(DEPTH_ROWS[family], setting.model_preset)
     row = replace(row, cell=replace(row.cell, init_std=DEPTH_INIT_STD))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     cell = build_cell(row).to(device).train()
-    B, T = setting.batch, setting.seq_len
+    B, T = batch or setting.batch, setting.seq_len
     x, readout = torch.randn(B, T, row.d_model, device=device), torch.randn(B, T, cell.d_out, device=device)
     with torch.no_grad():  # a previous segment's memory, as in training
         memory = WeightTiedDriver(cell, 1, row.mem_len)(torch.randn_like(x)).memory
@@ -122,10 +122,10 @@ def measure_depth(family: str, preset: str) -> list[DepthRow]:
                         0, 0, peak, peak + held_before, saved + param_state, depth, True, None, None, None, wall)
 
     rows = [explicit(1, "floor")]
-    for depth in DEPTHS:
+    for depth in depths:
         base = (family, row.name, row.d_model, cell.d_state, T, B, depth, param_state)
         rows.append(explicit(depth, "explicit"))
-        for name, overrides in DEQ_VARIANTS.items():
+        for name, overrides in variants.items():
             settings = replace(row.solver, tol=UNREACHABLE_TOL, max_iter=depth, **overrides)
             info, peak, wall, saved = point(DEQDriver(cell, settings, row.mem_len))
             fwd, bwd = deq_buffer_bytes(settings, B, T, cell.d_state)
