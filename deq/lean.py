@@ -50,7 +50,8 @@ from deq.evaluate import load_run
 from deq.report.benchmarks import GOAL_COSINE, GOAL_LOSS, LEAN_GOAL
 from deq.settings import SolverSettings, solver_name
 
-__all__ = ["REFERENCE", "GradientRow", "TrainingRow", "gradient_accuracy", "train_twin", "training_comparison"]
+__all__ = ["REFERENCE", "GradientRow", "TrainingRow", "WidthRow", "gradient_accuracy", "train_twin",
+           "training_comparison", "width_memory"]
 
 # The reference gradient's solves, in float64: a forward and a backward to a per-sample relative residual of
 # 1e-10, with caps far above what they need on a trained model (the CSV records what they reached). The
@@ -79,7 +80,7 @@ class GradientRow:
     run: str
     row: str  # the registry row
     step: int  # training steps behind the weights
-    batch: int  # validation batch (batch_size x tgt_len tokens, consecutive)
+    batch: int  # validation segment (batch_size streams x tgt_len tokens): 1, 2, ..., each after the last
     mode: str  # 'standard' (the run's settings), 'lean' or 'lean backward' (from a converged forward)
     solvers: str  # forward / backward solver and options
     cosine: float  # of the full parameter gradient to the reference's

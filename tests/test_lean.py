@@ -149,3 +149,25 @@ def test_the_readme_blocks_judge_the_goals_on_the_worst_lean_batch():
     second = [dict(r, row="y", valid_rel_diff=-0.01) for r in runs]
     block = render_lean_training(pd.DataFrame(runs + second))
     assert "x +3.00%, y -1.00% (goal within 2%: NOT met)" in block
+
+
+def test_widths_reads_each_model_on_its_line_at_the_presets_batch_and_judges_the_worst_cap(tmp_path):
+    # The lean / floor ratio at the paper's widths is two fitted lines read at batch 15: with two batches the
+    # line passes through both points, the floor's ratio is 1, and the README verdict follows the worst cap.
+    from deq.report.readme import render_lean_widths
+
+    out = tmp_path / "widths.csv"
+    assert lean.main(["widths", "--preset", "smoke", "--caps", "2", "4", "--batches", "1", "2", "--out", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert set(rows.model) == {"floor", "explicit", "deq-lean"} and set(rows.batch) == {2}  # smoke's depth batch
+    assert rows.total_bytes.tolist() == [round(a + 2 * b) for a, b in zip(rows.fit_a_bytes, rows.fit_b_bytes)]
+    for _, cell in rows.groupby("family"):
+        floor = cell[cell.model == "floor"].total_bytes.iloc[0]
+        assert cell.floor_ratio.tolist() == pytest.approx((cell.total_bytes / floor).tolist(), rel=1e-6)
+    assert rows[rows.model == "deq-lean"].ran_to_cap.all()
+    assert "goal <= 1.25x: met" in render_lean_widths(rows.assign(floor_ratio=rows.floor_ratio.clip(upper=1.2)))
+    worse = rows.copy()
+    worse.loc[(worse.model == "deq-lean") & (worse.cap == 4) & (worse.family == "trellis"), "floor_ratio"] = 1.3
+    assert "worst 1.300x (ptb-deq-trellisnet, cap 4; goal <= 1.25x: NOT met)" in render_lean_widths(worse)
+    with pytest.raises(SystemExit):
+        lean.main(["widths", "--batches", "4", "--out", str(out)])  # one batch makes no line

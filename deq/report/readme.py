@@ -142,7 +142,8 @@ REMAKE = {name: f"python -m deq.report.readme measure {name}" for name in BENCHM
     "quickstart": "python -m deq.report.readme time",
     "lean_accuracy": "python -m deq.lean accuracy RUN... --out results/reference/cpu/lean_accuracy.csv (deq.lean)",
     "lean_training": "python -m deq.lean training STANDARD LEAN... --out results/reference/cpu/lean_training.csv "
-                     "--figure results/reference/cpu/lean_training.png (deq.lean)"}
+                     "--figure results/reference/cpu/lean_training.png (deq.lean)",
+    "lean_widths": "python -m deq.lean widths --out results/reference/cpu/lean_widths.csv (deq.lean)"}
 
 
 def read_reference(name: str, needs: tuple[str, ...], root: Path) -> pd.DataFrame:
@@ -566,6 +567,32 @@ def render_lean_training(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+LEAN_WIDTHS_COLUMNS = ("family", "row", "d_state", "seq_len", "batch", "cap", "model", "batches", "total_bytes",
+                       "floor_ratio", "ran_to_cap", *PROVENANCE)
+
+
+def render_lean_widths(frame: pd.DataFrame) -> str:
+    lines = ["| cell (row, state) | cap | lean DEQ GB | floor GB | lean / floor | explicit stack GB, same depth | "
+             "lean reduction vs the stack |", "|---|---|---|---|---|---|---|"]
+    for (family, row), cell in frame.groupby(["family", "row"], sort=False):
+        floor = cell[cell.model == "floor"].total_bytes.iloc[0]
+        explicit = cell[cell.model == "explicit"].set_index("cap").total_bytes
+        for r in cell[cell.model == "deq-lean"].itertuples():
+            lines.append(f"| {family} ({row}, {r.d_state} x {r.seq_len} x {r.batch}) | {r.cap} | "
+                         f"{r.total_bytes / 1e9:.3f} | {floor / 1e9:.3f} | {r.floor_ratio:.3f}x | "
+                         f"{explicit[r.cap] / 1e9:.3f} | {pct(1 - r.total_bytes / explicit[r.cap])} |")
+    lean = frame[frame.model == "deq-lean"]
+    worst = lean.loc[lean.floor_ratio.idxmax()]
+    first = frame.iloc[0]
+    batches = ", ".join(str(first.batches).split())
+    lines += ["", f"Each model's total (the step's allocator peak, weights and Adam moments, as the depth benchmark) "
+              f"on its line through batches {batches}, read at batch {first.batch}, the floor's too. Lean / "
+              f"floor at every cap: worst {worst.floor_ratio:.3f}x ({worst.row}, cap {worst.cap}; goal <= "
+              f"{LEAN_GOAL:g}x: {'met' if worst.floor_ratio <= LEAN_GOAL else 'NOT met'}); every solve ran to its "
+              f"cap: {'yes' if frame.ran_to_cap.all() else 'no'}.", "", measured_by(frame, "lean_widths")]
+    return "\n".join(lines)
+
+
 # ---- README: every block between its markers ------------------------------------------------------
 
 # block name -> (reference CSV, columns it reads, renderer)
@@ -579,6 +606,7 @@ BLOCKS = {
     "quickstart": ("quickstart", QUICKSTART_COLUMNS, render_quickstart),
     "lean-accuracy": ("lean_accuracy", LEAN_ACCURACY_COLUMNS, render_lean_accuracy),
     "lean-training": ("lean_training", LEAN_TRAINING_COLUMNS, render_lean_training),
+    "lean-widths": ("lean_widths", LEAN_WIDTHS_COLUMNS, render_lean_widths),
 }
 MARKED = re.compile(r"<!-- ([a-z0-9-]+):start -->.*?<!-- \1:end -->", re.S)
 
