@@ -81,6 +81,14 @@ def test_the_paper_width_csv_says_when_where_and_how_it_was_measured():
         assert column in frame and frame[column].notna().all() and frame[column].nunique() == 1, column
 
 
+def test_a_revision_of_digits_only_is_rendered_as_written(tmp_path):
+    # A short hash can be all digits, with a leading zero: read as a number it would lose it in the README.
+    shutil.copytree(REFERENCE, tmp_path, dirs_exist_ok=True)
+    frame = pd.read_csv(REFERENCE / "lean_widths.csv", dtype=str).assign(revision="0123456")
+    frame.to_csv(tmp_path / "lean_widths.csv", index=False)
+    assert "revision 0123456," in readme.render_blocks(tmp_path)["lean-widths"]
+
+
 def test_provenance_is_complete_or_refused():
     fields = readme.provenance(ROOT, readme.bench_command("depth"), 12.34)
     assert tuple(fields) == readme.PROVENANCE and fields["wall_s"] == 12.3
@@ -115,7 +123,7 @@ def test_timing_the_quickstart_records_each_command_and_stops_at_a_failure(tmp_p
     monkeypatch.setattr(readme, "QUICKSTART", ("echo 3 failed, 12 passed in 1s", "git status --short"))
     out = tmp_path / "out"
     out.mkdir()
-    frame = pd.read_csv(readme.time_quickstart(parent=tmp_path, out_dir=out))
+    frame = pd.read_csv(readme.time_quickstart(parent=tmp_path, out_dir=out), dtype=readme.TEXT)
     assert list(frame.command) == ["echo 3 failed, 12 passed in 1s", "git status --short"]
     assert frame.passed.iloc[0] == 12 and pd.isna(frame.passed.iloc[1])
     assert (frame.wall_s >= 0).all() and set(readme.PROVENANCE) <= set(frame.columns)

@@ -354,7 +354,7 @@ def _training_panel(ax: Axes, group: str, members: list[tuple[str, Path]]) -> No
 def _read_csv(path: PathLike, text: tuple[str, ...], numbers: tuple[str, ...]) -> pd.DataFrame:
     """The CSV with at least these columns (text '' and numbers NaN where absent); empty if no file."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))  # a revision of digits stays text
     except (FileNotFoundError, pd.errors.EmptyDataError):
         frame = pd.DataFrame()
     for column in text:

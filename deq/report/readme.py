@@ -47,6 +47,8 @@ BENCHMARKS = ("solvers", "memory", "depth", "runtime")  # python -m deq.bench NA
 # revision, torch, command): when, at which revision (+dirty: tracked files differed from it), with
 # which libraries, on which CPU and how many cores, by which command, and how long it took (seconds).
 PROVENANCE = ("date", "revision", "torch", "torchdeq", "machine", "command", "wall_s")
+# Read as text: a short revision of digits only ("6813947", "0123456") must not become a number.
+TEXT = {"revision": str}
 
 
 # ---- measure: a benchmark's CSV with its provenance ---------------------------------------------
@@ -82,7 +84,7 @@ def measure(name: str, checkout: Path = REPO, out_dir: Path | None = None, prese
         start = time.monotonic()
         subprocess.run([sys.executable, *command[1:], "--out", tmp], cwd=checkout, check=True)
         wall_s = time.monotonic() - start
-        frame = pd.read_csv(Path(tmp) / f"{name}.csv")
+        frame = pd.read_csv(Path(tmp) / f"{name}.csv", dtype=TEXT)
     target = out_dir / (f"{name}.csv" if preset == "cpu" else f"{name}_{preset}.csv")
     atomic_write_text(target, with_provenance(frame, provenance(checkout, command, wall_s)).to_csv(index=False))
     return target
@@ -151,7 +153,7 @@ def read_reference(name: str, needs: tuple[str, ...], root: Path) -> pd.DataFram
     path = root / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; make it with: {REMAKE[name]}")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype=TEXT)
     missing = [column for column in needs if column not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing} that README's blocks read; remake it with: "
