@@ -48,7 +48,7 @@ import torch
 
 from deq.evaluate import load_run
 from deq.report.benchmarks import GOAL_COSINE, GOAL_LOSS, LEAN_GOAL
-from deq.settings import SolverSettings, solver_name
+from deq.settings import LEAN, SolverSettings, solver_name
 
 __all__ = ["REFERENCE", "GradientRow", "TrainingRow", "WidthRow", "gradient_accuracy", "train_twin",
            "training_comparison", "width_memory"]
@@ -235,7 +235,6 @@ def width_memory(preset: str = "paper", caps: tuple[int, ...] = (8, 16, 32, 64),
     from deq.bench.common import scales
     from deq.bench.depth import DEPTH_ROWS, measure_depth
     from deq.bench.memory import fit_line
-    from deq.settings import LEAN
 
     target = scales(preset).depth.batch
     rows = []
@@ -245,13 +244,12 @@ def width_memory(preset: str = "paper", caps: tuple[int, ...] = (8, 16, 32, 64),
             for r in measure_depth(family, preset, caps, {"lean": LEAN}, batch):
                 points.setdefault((r.model, r.depth), {})[batch] = r
         lines = {key: fit_line({b: r.total_bytes for b, r in at.items()}) for key, at in points.items()}
-        floor = lines["floor", 1][0] + lines["floor", 1][1] * target
+        total = {key: a + b * target for key, (a, b) in lines.items()}  # each line read at the preset's batch
         for (model, cap), at in points.items():
-            a, b = lines[model, cap]
             first = next(iter(at.values()))
             rows.append(WidthRow(family, first.row, first.d_state, first.seq_len, target, cap, model,
-                                 " ".join(map(str, at)), a, b, round(a + b * target), (a + b * target) / floor,
-                                 all(r.iters_eq_cap for r in at.values())))
+                                 " ".join(map(str, at)), *lines[model, cap], round(total[model, cap]),
+                                 total[model, cap] / total["floor", 1], all(r.iters_eq_cap for r in at.values())))
     return rows
 
 
